@@ -1,0 +1,353 @@
+"""Job YAML -> typed dataclasses, with ``key=value`` overrides.
+
+One job file runs on a laptop and on a cluster: it names the manifest, the store
+URI, the run folder, the encoders per modality role and the stages with their
+settings. Unknown keys and values of the wrong type are one-line errors that
+name the key (``ConfigError``), raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mer.errors import MerError
+
+MER2024_LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+ROLES = ("audio", "video", "text")
+STAGES = ("validate", "extract", "finetune", "train", "selftrain", "evaluate", "report")
+
+
+class ConfigError(MerError, ValueError):
+    """A job file or override that cannot be used; the message names the key."""
+
+
+@dataclass
+class EncoderSpec:
+    """One encoder: a registry alias plus the settings it reads.
+
+    Attributes:
+        alias: registry name (``hf_audio``, ``hf_clip``, ``hf_text``, ``logmel``,
+            ``frames``, ``minilm``).
+        model: hub name or local folder for the ``hf_*`` encoders.
+        layers: hidden-state layers averaged (negative = from the end).
+        seq_len: time steps kept in the ``seq`` column (0 = no ``seq``).
+        num_frames: frames sampled per video.
+        face_crop: crop the largest face before video encoders.
+        batch_size: samples per forward pass.
+        dtype: ``auto`` (bf16/fp16 on GPU, fp32 on CPU), ``float32``, ``float16``, ``bfloat16``.
+        trust_remote_code: allow hub code (Baichuan); off unless the job says so.
+        max_seconds: audio longer than this is cut (chunks are encoded in turn).
+        seq_dtype: ``float32`` or ``float16`` storage for ``seq``.
+    """
+
+    alias: str
+    model: str | None = None
+    layers: list[int] = field(default_factory=lambda: [-4, -3, -2, -1])
+    seq_len: int = 16
+    num_frames: int = 8
+    face_crop: bool = True
+    batch_size: int = 8
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    max_seconds: float = 30.0
+    seq_dtype: str = "float32"
+
+
+@dataclass
+class ExtractConfig:
+    """Sharded extraction settings (Ray Data actor pool per encoder).
+
+    Attributes:
+        num_actors: encoder actors per encoder (one GPU each when GPUs exist).
+        gpus_per_actor: GPU fraction an actor holds when the cluster has GPUs.
+        decode_cpus: CPUs reserved per decode task (kept free of actors so Ray
+            Data never starves).
+        write_batch: rows buffered before one upsert into the store.
+        roles: roles to extract (default: every role in ``encoders``).
+    """
+
+    num_actors: int = 1
+    gpus_per_actor: float = 1.0
+    decode_cpus: float = 1.0
+    write_batch: int = 256
+    roles: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    """Supervised training on cached embeddings (Ray Train).
+
+    Attributes mirror the model and optimiser knobs; ``model`` is built by name
+    (``agt``, ``attention``, ``concat``, ``unimodal``).
+    """
+
+    model: str = "agt"
+    epochs: int = 30
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    hidden: int = 128
+    heads: int = 4
+    depth: int = 1
+    dropout: float = 0.2
+    amf_similarity: str = "cosine"
+    use_seq: bool = True
+    unimodal_role: str = "audio"
+    class_weighted: bool = True
+    scheduler: str = "cosine"
+    patience: int = 8
+    val_fraction: float = 0.15
+    folds: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    max_failures: int = 1
+    memory_budget_gb: float = 4.0
+
+
+@dataclass
+class SelftrainConfig:
+    """Self-training rounds: pseudo-labels from several models, then a vote.
+
+    Attributes:
+        rounds: maximum rounds.
+        threshold: a model's label counts only where its max probability > threshold.
+        voting: ``prior`` (paper), ``majority`` or ``soft``.
+        prior_classes: classes for which the audio model's confident label wins.
+        models: model names trained each round (``unimodal`` is the audio model).
+        min_new: stop when a round adds fewer labels than this.
+    """
+
+    rounds: int = 2
+    threshold: float = 0.9
+    voting: str = "prior"
+    prior_classes: list[str] = field(default_factory=lambda: ["worried", "sad"])
+    models: list[str] = field(default_factory=lambda: ["agt", "attention", "unimodal"])
+    min_new: int = 10
+
+
+@dataclass
+class FinetuneConfig:
+    """DeepSpeed ZeRO fine-tuning of one extractor on the labeled split.
+
+    Attributes:
+        role: ``text`` (causal LM / encoder) or ``video`` (CLIP vision tower).
+        deepspeed: DeepSpeed config dict, or a path to a JSON file.
+        epochs, lr, batch_size: optimiser settings per worker.
+        num_workers, use_gpu: Ray Train scaling.
+        lora: use a LoRA adapter (peft) instead of full fine-tuning.
+        layer: hidden layer pooled for the classification head.
+        out: folder for the exported Hugging Face model (default run_dir/finetuned_<role>).
+    """
+
+    role: str = "text"
+    deepspeed: Any = field(default_factory=lambda: {"zero_optimization": {"stage": 3}})
+    epochs: int = 3
+    lr: float = 5e-5
+    batch_size: int = 8
+    num_workers: int = 2
+    use_gpu: bool = False
+    lora: bool = False
+    layer: int = -1
+    out: str | None = None
+
+
+@dataclass
+class ReportConfig:
+    """Experiment report: which ablation axes to run.
+
+    Attributes:
+        fusion_models: fusion models compared supervised-only.
+        thresholds: pseudo-label thresholds swept.
+        snr_db: test-audio noise levels (dB SNR); audio removal is always added.
+        audio_encoders: alternative audio encoder specs (alias or dict) to compare.
+        balanced_manifest: manifest of a balanced test set for the voting question.
+    """
+
+    fusion_models: list[str] = field(default_factory=lambda: ["concat", "attention", "agt"])
+    thresholds: list[float] = field(default_factory=lambda: [0.8, 0.9, 0.95])
+    snr_db: list[float] = field(default_factory=lambda: [20.0, 10.0, 0.0])
+    audio_encoders: list[Any] = field(default_factory=list)
+    balanced_manifest: str | None = None
+
+
+@dataclass
+class Job:
+    """A whole job file.
+
+    Attributes:
+        name: job name (shown in ``mer list`` and the Ray dashboard).
+        manifest: manifest path (relative to the working directory).
+        store: LanceDB URI (folder or ``s3://...``); passed through untouched.
+        run_dir: folder for everything the job writes besides the store.
+        labels: label set, in the order of probability columns.
+        encoders: modality role -> encoder spec.
+        stages: stages run in order.
+        truth: optional CSV (sample_id,label) of hidden unlabeled labels, for
+            reporting pseudo-label accuracy only; never used for training.
+    """
+
+    name: str
+    manifest: str
+    store: str = "mer_store"
+    run_dir: str = "runs/default"
+    labels: list[str] = field(default_factory=lambda: list(MER2024_LABELS))
+    encoders: dict[str, EncoderSpec] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=lambda: ["validate", "extract", "train", "evaluate"])
+    truth: str | None = None
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    selftrain: SelftrainConfig = field(default_factory=SelftrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+    def to_yaml(self) -> str:
+        """The resolved job as YAML (written to ``run_dir/config.yaml``)."""
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and tp is EncoderSpec and isinstance(value, str):
+            value = {"alias": value}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key '{full}' (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(value, hints[key], full)
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        where = f" in '{prefix}'" if prefix else ""
+        raise ConfigError(f"missing key '{missing[0]}'{where}")
+    return cls(**kwargs)
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if isinstance(child, str):  # encoders.audio: logmel -> {alias: logmel}
+            child = node[part] = {"alias": child}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """``["train.epochs=5", "store=s3://b/m"]`` -> ``[("train.epochs", 5), ...]``.
+
+    Values are parsed as YAML scalars/lists (``5``, ``0.9``, ``true``, ``[0,1]``).
+    """
+    out = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{pair}' is not key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def job_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Job:
+    """Build and check a job from a mapping plus ``key=value`` overrides."""
+    data = dict(data)
+    for key, value in parse_overrides(overrides):
+        _set_path(data, key, value)
+    job = _build(Job, data)
+    unknown = [s for s in job.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"stages: unknown stage '{unknown[0]}' (known: {', '.join(STAGES)})")
+    bad_roles = [r for r in job.encoders if r not in ROLES]
+    if bad_roles:
+        raise ConfigError(f"encoders: unknown role '{bad_roles[0]}' (known: {', '.join(ROLES)})")
+    if len(set(job.labels)) != len(job.labels) or not job.labels:
+        raise ConfigError("labels: must be a non-empty list of distinct names")
+    return job
+
+
+def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Job:
+    """Read a job YAML file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such job file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a job file is a YAML mapping")
+    try:
+        return job_from_dict(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

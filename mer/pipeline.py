@@ -1,0 +1,61 @@
+"""Run a job's stages in order: the one executor edge that starts Ray.
+
+Each stage is a function ``run(job) -> dict`` in its own package; it reads its
+inputs from the store or ``run_dir`` and writes its outputs there, so a stage can
+be rerun alone and a rerun skips finished work. The same code runs embedded
+(``ray.init()`` starts a local instance) and inside a Ray job on a cluster
+(``ray.init()`` joins the cluster the job runs on).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+
+from mer.config import Job
+
+STAGE_FUNCTIONS = {
+    "validate": "mer.corpus.stage:run",
+    "extract": "mer.extract.stage:run",
+    "finetune": "mer.finetune.stage:run",
+    "train": "mer.train.stage:run",
+    "selftrain": "mer.selftrain.stage:run",
+    "evaluate": "mer.report.stage:evaluate",
+    "report": "mer.report.stage:report",
+}
+RAY_STAGES = {"extract", "finetune", "train", "selftrain", "report"}
+
+
+def stage_function(name: str):
+    """Import the function behind a stage name."""
+    module, _, attr = STAGE_FUNCTIONS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Start embedded Ray, or join the cluster this process runs in."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, log_to_driver=True, ignore_reinit_error=True)
+
+
+def run_job(job: Job, echo=print) -> dict:
+    """Run every stage of ``job`` in order; return ``{stage: summary}``."""
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(job.to_yaml())
+    if RAY_STAGES.intersection(job.stages):
+        ensure_ray()
+    results = {}
+    for name in job.stages:
+        echo(f"== stage {name}")
+        start = time.perf_counter()
+        summary = stage_function(name)(job) or {}
+        summary["seconds"] = round(time.perf_counter() - start, 1)
+        results[name] = summary
+        echo(f"   {name} done in {summary['seconds']} s")
+    (run_dir / "stages.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
