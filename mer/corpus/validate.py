@@ -1,0 +1,206 @@
+"""Manifest validation and the quarantine file.
+
+A bad row never stops a run: it goes to ``quarantine.csv`` with its reason and
+the run goes on with the clean rows. Checks per row, first failure wins:
+missing sample_id, duplicate sample_id (the first occurrence is kept), unknown
+split, unknown label, labeled split (train/test) without label, a referenced
+media file that is missing, empty or does not decode (``media.check_media``:
+header probe plus a packet walk, which catches truncated mp4s without a full
+decode), and finally a row with no usable modality (empty text counts as no
+text). Our choice: a row whose referenced file is broken is quarantined whole,
+even if another modality would be usable, because a broken reference is a data
+error the owner should see; a label on an ``unlabeled`` row is dropped so no
+later stage can train on it.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mer.corpus.manifest import SPLITS, read_manifest
+from mer.corpus.media import EmptyMediaError, MediaError, MediaInfo, MissingMediaError, check_media
+
+QUARANTINE_FILE = "quarantine.csv"
+QUARANTINE_COLUMNS = ["sample_id", "row", "reason", "stage"]
+LABELED_SPLITS = ("train", "test")
+MIN_SECONDS = 0.05
+
+
+@dataclass
+class Validation:
+    """Result of ``validate_manifest``.
+
+    Attributes:
+        manifest: the manifest path.
+        clean: usable rows (manifest columns plus ``has_audio``, ``has_video``, ``has_text``).
+        quarantine: rejected rows: ``sample_id, row, reason``.
+        labels: the label set checked against.
+    """
+
+    manifest: str
+    clean: pd.DataFrame
+    quarantine: pd.DataFrame
+    labels: list[str] = field(default_factory=list)
+
+    def write_quarantine(self, directory: str | os.PathLike) -> Path:
+        """Write ``directory/quarantine.csv`` (rows of other stages already there are kept)."""
+        rows = self.quarantine.assign(stage="validate")
+        path = Path(directory) / QUARANTINE_FILE
+        old = _read_quarantine(path)
+        old = old[old["stage"] != "validate"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.concat([rows, old], ignore_index=True)[QUARANTINE_COLUMNS].to_csv(path, index=False)
+        return path
+
+    def summary_table(self) -> str:
+        """Rows per split and label, and per modality present, as a fixed-width text table."""
+        df = self.clean
+        if df.empty:
+            return "no usable rows"
+        labels = df["label"].fillna("(none)")
+        table = pd.crosstab(df["split"], labels)
+        known = [lab for lab in self.labels if lab in table.columns]
+        table = table[known + [c for c in table.columns if c not in self.labels]]
+        table.insert(0, "rows", df.groupby("split").size())
+        for mod in ("audio", "video", "text"):
+            table[mod] = df.groupby("split")[f"has_{mod}"].sum().astype(int)
+        table = table.reindex([s for s in SPLITS if s in table.index])
+        table.loc["total"] = table.sum()
+        table.index.name, table.columns.name = "split", None
+        text = table.to_string()
+        if not self.quarantine.empty:
+            reasons = self.quarantine["reason"].str.split(":").str[0].value_counts()
+            text += "\nquarantined: " + ", ".join(f"{r} ({n})" for r, n in reasons.items())
+        return text
+
+
+def _read_quarantine(path: Path) -> pd.DataFrame:
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return df.reindex(columns=QUARANTINE_COLUMNS, fill_value="")
+
+
+def append_quarantine(run_dir: str | os.PathLike, rows: list[dict]) -> Path:
+    """Add rows (``sample_id``, ``reason``, ``stage``; ``row`` optional) to ``run_dir/quarantine.csv``.
+
+    For later stages (extraction failures). A row already present with the same
+    sample_id, stage and reason is not added again, so retries and reruns do not
+    pile up duplicates.
+    """
+    path = Path(run_dir) / QUARANTINE_FILE
+    old = _read_quarantine(path)
+    text = [{c: "" if r.get(c) is None else str(r[c]) for c in QUARANTINE_COLUMNS} for r in rows]
+    new = pd.DataFrame(text, columns=QUARANTINE_COLUMNS)
+    new["reason"] = [" ".join(r.split()) for r in new["reason"]]  # one line per reason
+    both = pd.concat([old.astype(str), new], ignore_index=True)
+    both = both.drop_duplicates(subset=["sample_id", "stage", "reason"], keep="first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    both.to_csv(path, index=False)
+    return path
+
+
+def _media_check(path: str | None, decode: bool) -> tuple[MediaInfo | None, str | None]:
+    """``(info, problem)`` for one referenced file; ``problem`` is None when it is usable."""
+    if path is None:
+        return None, None
+    try:
+        info = check_media(path) if decode else _exists(path)
+    except MediaError as exc:
+        return None, exc.problem
+    if info is not None and decode and info.duration and info.duration < MIN_SECONDS:
+        return None, f"too short ({info.duration:.3f} s)"
+    return info, None
+
+
+def _exists(path: str) -> None:
+    """Existence and size only (``check_media=False``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise MissingMediaError(p, "file not found")
+    if p.stat().st_size == 0:
+        raise EmptyMediaError(p, "file is empty (0 bytes)")
+
+
+def validate_manifest(
+    path: str | os.PathLike, labels: list[str], check_media: bool = True, workers: int = 4
+) -> Validation:
+    """Validate a manifest; split its rows into clean and quarantined.
+
+    Args:
+        path: manifest (CSV or JSONL).
+        labels: allowed labels.
+        check_media: probe and packet-walk every referenced file (else only existence and size).
+        workers: threads checking media (FFmpeg releases the GIL while reading).
+
+    Returns:
+        A ``Validation``.
+
+    Raises:
+        ManifestError: the file is not a manifest.
+    """
+    df = read_manifest(path)
+    first_row = df.attrs.get("first_row", 1)
+    label_set = set(labels)
+    reasons: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for i, r in enumerate(df.itertuples(index=False)):
+        line = i + first_row
+        if r.sample_id is None:
+            reasons[i] = "missing sample_id"
+        elif r.sample_id in seen:
+            reasons[i] = f"duplicate sample_id (first at row {seen[r.sample_id]})"
+        elif r.split not in SPLITS:
+            reasons[i] = f"unknown split: {r.split!r} (expected one of {', '.join(SPLITS)})"
+        elif r.label is not None and r.split != "unlabeled" and r.label not in label_set:
+            reasons[i] = f"unknown label: {r.label!r}"
+        elif r.label is None and r.split in LABELED_SPLITS:
+            reasons[i] = f"missing label: split {r.split} needs one"
+        if r.sample_id is not None and r.sample_id not in seen:
+            seen[r.sample_id] = line
+
+    todo = [(i, col, df.at[i, col]) for i in range(len(df)) if i not in reasons for col in ("video", "audio")]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        checked = list(pool.map(lambda item: _media_check(item[2], check_media), todo))
+    info: dict[tuple[int, str], MediaInfo | None] = {}
+    for (i, col, value), (meta, problem) in zip(todo, checked):
+        if problem is None and col == "audio" and meta is not None and not meta.has_audio:
+            problem = "no audio stream"
+        if problem is not None and i not in reasons:
+            reasons[i] = f"bad {col}: {problem}"
+        info[(i, col)] = meta
+
+    has_video, has_audio, has_text = [], [], []
+    for i in range(len(df)):
+        video, audio = df.at[i, "video"], df.at[i, "audio"]
+        v, a = info.get((i, "video")), info.get((i, "audio"))
+        # Without decoding we trust that a referenced file holds what its column says.
+        hv = video is not None and (v.has_video if v else not check_media)
+        ha = (audio is not None and (a.has_audio if a else not check_media)) or (
+            audio is None and video is not None and (v.has_audio if v else not check_media)
+        )
+        ht = df.at[i, "text"] is not None
+        has_video.append(bool(hv))
+        has_audio.append(bool(ha))
+        has_text.append(bool(ht))
+        if i not in reasons and not (hv or ha or ht):
+            reasons[i] = "no usable modality (no video, audio or text)"
+    df["has_audio"], df["has_video"], df["has_text"] = has_audio, has_video, has_text
+    df.loc[df["split"] == "unlabeled", "label"] = None
+
+    bad = sorted(reasons)
+    quarantine = pd.DataFrame(
+        {
+            "sample_id": [df.at[i, "sample_id"] or "" for i in bad],
+            "row": [i + first_row for i in bad],
+            "reason": [reasons[i] for i in bad],
+        },
+        columns=["sample_id", "row", "reason"],
+    )
+    clean = df.drop(index=bad).reset_index(drop=True)
+    return Validation(manifest=str(path), clean=clean, quarantine=quarantine, labels=list(labels))
