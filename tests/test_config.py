@@ -1,0 +1,93 @@
+"""Job YAML parsing, overrides and their one-line errors."""
+
+import pytest
+
+from mer.config import ConfigError, EncoderSpec, load_job, parse_overrides
+
+JOB = """
+name: t
+manifest: demo/manifest.csv
+encoders:
+  audio: logmel
+  text: {alias: minilm, batch_size: 4}
+stages: [extract, train]
+train: {model: agt, epochs: 3}
+"""
+
+
+@pytest.fixture
+def job_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB)
+    return path
+
+
+def test_load_builds_typed_sections(job_file):
+    job = load_job(job_file)
+    assert job.encoders["audio"] == EncoderSpec(alias="logmel")
+    assert job.encoders["text"].batch_size == 4
+    assert job.train.epochs == 3 and job.train.lr == 1e-3
+    assert job.store == "mer_store"
+
+
+def test_overrides_reach_nested_and_top_level_keys(job_file):
+    job = load_job(
+        job_file,
+        ["train.epochs=5", "store=s3://bucket/mer", "train.seeds=[7, 8]", "selftrain.threshold=0.95",
+         "encoders.audio.seq_len=4", "encoders.video=frames"],
+    )
+    assert job.train.epochs == 5
+    assert job.store == "s3://bucket/mer"
+    assert job.train.seeds == [7, 8]
+    assert job.selftrain.threshold == 0.95
+    assert job.encoders["audio"].alias == "logmel" and job.encoders["audio"].seq_len == 4
+    assert job.encoders["video"].alias == "frames"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["train.epoch=5"], "unknown key 'train.epoch'"),
+        (["train.epochs=many"], "train.epochs: expected int"),
+        (["train.use_gpu=3"], "train.use_gpu: expected true/false"),
+        (["stages=[extract, dance]"], "unknown stage 'dance'"),
+        (["encoders.smell=logmel"], "unknown role 'smell'"),
+        (["epochs"], "not key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(job_file, override, message):
+    with pytest.raises(ConfigError) as err:
+        load_job(job_file, override)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_float_accepts_int_but_int_rejects_bool():
+    assert parse_overrides(["a=1", "b=0.5", "c=true", "d=s3://x"]) == [
+        ("a", 1), ("b", 0.5), ("c", True), ("d", "s3://x")]
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such job file"):
+        load_job(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_job(bad)
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="YAML mapping"):
+        load_job(tmp_path / "list.yaml")
+
+
+def test_missing_required_key(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: t\n")
+    with pytest.raises(ConfigError, match="missing key 'manifest'"):
+        load_job(path)
+
+
+def test_resolved_yaml_round_trips(job_file, tmp_path):
+    job = load_job(job_file, ["train.epochs=9"])
+    again = tmp_path / "again.yaml"
+    again.write_text(job.to_yaml())
+    assert load_job(again) == job
