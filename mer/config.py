@@ -21,7 +21,7 @@ from mer.errors import MerError
 
 MER2024_LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 ROLES = ("audio", "video", "text")
-STAGES = ("validate", "extract", "finetune", "train", "selftrain", "evaluate", "report")
+STAGES = ("validate", "extract", "finetune", "train", "selftrain", "ablation", "evaluate", "report")
 
 
 class ConfigError(MerError, ValueError):
@@ -71,6 +71,8 @@ class ExtractConfig:
             Data never starves).
         write_batch: rows buffered before one upsert into the store.
         roles: roles to extract (default: every role in ``encoders``).
+        max_restarts: times a dead encoder actor is restarted (its batches are
+            retried as often; upserts keep the table free of duplicates).
     """
 
     num_actors: int = 1
@@ -78,6 +80,7 @@ class ExtractConfig:
     decode_cpus: float = 1.0
     write_batch: int = 256
     roles: list[str] = field(default_factory=list)
+    max_restarts: int = 3
 
 
 @dataclass
@@ -123,6 +126,14 @@ class SelftrainConfig:
         prior_classes: classes for which the audio model's confident label wins.
         models: model names trained each round (``unimodal`` is the audio model).
         min_new: stop when a round adds fewer labels than this.
+        prior_mode: ``override`` (the audio model's confident prior-class label
+            wins even against a confident majority) or ``unless_majority`` (it
+            wins unless a strict majority of the confident models says otherwise);
+            the paper does not say which.
+        audio_model: the model in ``models`` whose vote is trusted for the prior
+            classes (``unimodal`` trains on ``train.unimodal_role``).
+        test_threshold: threshold of the final vote on the test split (0 = every
+            model's top label votes, so every test sample gets a label).
     """
 
     rounds: int = 2
@@ -131,6 +142,9 @@ class SelftrainConfig:
     prior_classes: list[str] = field(default_factory=lambda: ["worried", "sad"])
     models: list[str] = field(default_factory=lambda: ["agt", "attention", "unimodal"])
     min_new: int = 10
+    prior_mode: str = "override"
+    audio_model: str = "unimodal"
+    test_threshold: float = 0.0
 
 
 @dataclass
@@ -145,6 +159,13 @@ class FinetuneConfig:
         lora: use a LoRA adapter (peft) instead of full fine-tuning.
         layer: hidden layer pooled for the classification head.
         out: folder for the exported Hugging Face model (default run_dir/finetuned_<role>).
+        max_length: tokens kept per transcript (text role).
+        gradient_checkpointing: recompute activations in backward (HF models).
+        pseudo_labels: run_id whose accepted pseudo-labels join the labeled set.
+        max_steps: stop after this many optimizer steps (0 = every epoch).
+        seed: seed for the head init, shuffling and frame sampling.
+        reextract: after export, point ``encoders.<role>.model`` at the export
+            and re-extract that role into a new feature table.
     """
 
     role: str = "text"
@@ -157,6 +178,12 @@ class FinetuneConfig:
     lora: bool = False
     layer: int = -1
     out: str | None = None
+    max_length: int = 128
+    gradient_checkpointing: bool = True
+    pseudo_labels: str | None = None
+    max_steps: int = 0
+    seed: int = 0
+    reextract: bool = True
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""Encoders by alias: ``hf_audio``, ``hf_clip``, ``hf_text`` (Hugging Face models, hub name
+or local folder) and the light CPU ones ``logmel``, ``frames``, ``minilm``.
+
+A job picks encoders purely by config (``encoders: {audio: {alias: hf_audio, model: ...}}``).
+An alias of the form ``package.module:ClassName`` loads an ``Encoder`` subclass
+from an importable module, so a project can plug in its own encoder without
+editing this registry. No Ray here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from mer.config import EncoderSpec
+from mer.encoders.base import Encoder, segment_means, weights_fingerprint
+from mer.encoders.frames import FramesEncoder
+from mer.encoders.hf_audio import HFAudioEncoder
+from mer.encoders.hf_clip import HFClipEncoder
+from mer.encoders.hf_text import HFTextEncoder
+from mer.encoders.logmel import LogMelEncoder
+from mer.encoders.minilm import MiniLMEncoder
+from mer.errors import MerError
+
+KNOWN_ENCODERS: dict[str, type[Encoder]] = {
+    cls.alias: cls
+    for cls in (HFAudioEncoder, HFClipEncoder, HFTextEncoder, LogMelEncoder, FramesEncoder, MiniLMEncoder)
+}
+
+
+class UnknownEncoderError(MerError, KeyError):
+    """An alias that names no encoder."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def encoder_class(alias: str) -> type[Encoder]:
+    """The class behind ``alias`` (a registry name or ``module:Class``)."""
+    if alias in KNOWN_ENCODERS:
+        return KNOWN_ENCODERS[alias]
+    module, sep, name = alias.partition(":")
+    if sep:
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise UnknownEncoderError(f"encoder '{alias}': cannot import ({exc})") from None
+        if isinstance(cls, type) and issubclass(cls, Encoder):
+            return cls
+        raise UnknownEncoderError(f"encoder '{alias}' is not an Encoder subclass")
+    known = ", ".join(sorted(KNOWN_ENCODERS))
+    raise UnknownEncoderError(f"unknown encoder '{alias}' (known: {known}; or module:Class)")
+
+
+def build_encoder(spec: EncoderSpec, device: str = "cpu") -> Encoder:
+    """An encoder for ``spec``; weights load on its first ``encode`` call."""
+    return encoder_class(spec.alias)(spec, device)
+
+
+def encoder_version(spec: EncoderSpec) -> str:
+    """Hash of the spec's output-relevant fields and the weights fingerprint (no model load)."""
+    return encoder_class(spec.alias).compute_version(spec)
+
+
+__all__ = [
+    "KNOWN_ENCODERS",
+    "Encoder",
+    "UnknownEncoderError",
+    "build_encoder",
+    "encoder_class",
+    "encoder_version",
+    "segment_means",
+    "weights_fingerprint",
+]

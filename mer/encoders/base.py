@@ -1,0 +1,230 @@
+"""What every encoder shares: the ``Encoder`` interface, pooling, versions, devices.
+
+An encoder turns one manifest row into a pooled ``vector`` (D,) and an optional
+``seq`` (L, D) of at most ``spec.seq_len`` time steps. It works in two halves so
+that a pipeline can put them on different workers:
+
+* ``prepare(row)`` decodes media on a CPU (PyAV, face crops); it needs no model.
+* ``encode(batch)`` runs the model on prepared payloads (on a GPU when there is one).
+
+The model is loaded by ``ensure_loaded`` (or the first ``encode``), so building an encoder to read
+its ``alias``/``dim``/``version`` or to ``prepare`` rows costs no weights load.
+No Ray here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mer.config import EncoderSpec
+from mer.corpus.media import EmptyMediaError
+from mer.errors import MerError
+
+#: Bytes read from each weight file at evenly spaced offsets for the fingerprint.
+_SAMPLE_BYTES = 64 * 1024
+_SAMPLES_PER_FILE = 8
+
+
+class EncoderConfigError(MerError, ValueError):
+    """Settings that do not fit the model (e.g. a layer index it does not have)."""
+
+
+class Encoder:
+    """Base class: one modality, one model, one version.
+
+    Subclasses set ``alias``, ``role``, ``spec_fields`` (the spec fields that
+    change the output, hashed into ``version``) and ``code_version`` (bumped when
+    the algorithm changes), and implement ``prepare``, ``_encode`` and ``dim``.
+
+    Attributes:
+        spec: the settings from the job file.
+        device: ``"cpu"`` or ``"cuda"`` (the GPU Ray pinned this process to).
+        version: ``encoder_version(spec)``; the store keeps one table per version.
+    """
+
+    alias: ClassVar[str] = ""
+    role: ClassVar[str] = ""
+    code_version: ClassVar[str] = "1"
+    default_model: ClassVar[str | None] = None
+    spec_fields: ClassVar[tuple[str, ...]] = ("seq_len", "seq_dtype")
+
+    def __init__(self, spec: EncoderSpec, device: str = "cpu"):
+        self.spec = spec
+        self.device = device
+        self.model_name = self.resolve_model(spec)
+        self.version = self.compute_version(spec)
+        self._loaded = False
+
+    # --- interface -----------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Width D of ``vector`` and of each ``seq`` step."""
+        raise NotImplementedError
+
+    def prepare(self, row: dict) -> Any:
+        """Decode one manifest row on a CPU. Raises ``MediaError`` when it cannot."""
+        raise NotImplementedError
+
+    def encode(self, batch: list[Any]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Embed prepared payloads: one ``(vector (D,), seq (L<=seq_len, D) | None)`` each."""
+        self.ensure_loaded()
+        return self._encode(batch)
+
+    def ensure_loaded(self) -> None:
+        """Load the weights now if not yet (an actor does it while the first clips decode)."""
+        if not self._loaded:
+            self.load()
+            self._loaded = True
+
+    def load(self) -> None:
+        """Load weights (called once, by ``ensure_loaded``)."""
+
+    def _encode(self, batch: list[Any]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        raise NotImplementedError
+
+    # --- version ---------------------------------------------------------------
+    @classmethod
+    def resolve_model(cls, spec: EncoderSpec) -> str | None:
+        """The hub name or folder used: ``spec.model`` or the encoder's default."""
+        return spec.model or cls.default_model
+
+    @classmethod
+    def weights_fingerprint(cls, spec: EncoderSpec) -> str:
+        """Identity of the weights; encoders without weights have only their code version."""
+        model = cls.resolve_model(spec)
+        return weights_fingerprint(model) if model else ""
+
+    @classmethod
+    def compute_version(cls, spec: EncoderSpec) -> str:
+        """Hash of alias, code version, the output-relevant spec fields and weights."""
+        fields = {name: getattr(spec, name) for name in cls.spec_fields}
+        payload = {
+            "alias": cls.alias,
+            "code": cls.code_version,
+            "spec": fields,
+            "weights": cls.weights_fingerprint(spec),
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    # --- helpers for subclasses ---------------------------------------------------
+    def finish(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pool a (T, D) sequence: mean -> vector, ``seq_len`` segment means -> seq."""
+        frames = np.asarray(frames, dtype=np.float32)
+        vector = frames.mean(axis=0)
+        if self.spec.seq_len <= 0:
+            return vector, None
+        seq = segment_means(frames, self.spec.seq_len).astype(self.spec.seq_dtype)
+        return vector, seq
+
+
+def segment_means(frames: np.ndarray, length: int) -> np.ndarray:
+    """Split (T, D) into ``min(length, T)`` contiguous, evenly sized segments; mean each.
+
+    Evenly spaced segment means keep the whole clip's time course in a fixed
+    budget (MERTools keeps every frame; a 30 s clip would be 1,500 HuBERT steps).
+    """
+    frames = np.asarray(frames)
+    n = min(length, len(frames))
+    bounds = np.linspace(0, len(frames), n + 1).round().astype(int)
+    sums = np.add.reduceat(frames.astype(np.float64), bounds[:-1], axis=0)
+    return (sums / np.diff(bounds)[:, None]).astype(np.float32)
+
+
+def mean_of_layers(hidden_states, layers: list[int]):
+    """Average the chosen hidden-state layers (index into the model's tuple, negative from the end).
+
+    MERTools sums the last four layers; the mean is the same direction at a
+    fixed scale and keeps magnitudes comparable across layer choices.
+    """
+    n = len(hidden_states)
+    bad = [i for i in layers if not -n <= i < n]
+    if bad or not layers:
+        raise EncoderConfigError(f"layers {layers}: the model has {n} hidden states (embeddings + {n - 1} layers)")
+    picked = [hidden_states[i] for i in layers]
+    out = picked[0].float()
+    for h in picked[1:]:
+        out = out + h.float()
+    return out / len(picked)
+
+
+def quiet_transformers() -> None:
+    """Silence per-load progress bars and load reports (one per actor would flood the logs)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def torch_dtype(spec_dtype: str, device: str):
+    """The torch dtype for ``spec.dtype``: ``auto`` = bf16 (or fp16) on GPU, fp32 on CPU."""
+    import torch
+
+    if spec_dtype == "auto":
+        if not device.startswith("cuda"):
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, spec_dtype)
+
+
+def weights_fingerprint(model: str) -> str:
+    """Cheap identity of a model folder or hub name, without loading it.
+
+    A local folder hashes each file's relative name, size and ``_SAMPLES_PER_FILE``
+    blocks of ``_SAMPLE_BYTES`` read at evenly spaced offsets: names and sizes alone
+    miss a fine-tuned checkpoint of the same architecture (identical sizes), while
+    sampled blocks catch it for about 0.5 MB read per file (not the 26 GB of
+    Baichuan-13B). A hub name uses the cached snapshot's commit when there is one.
+    """
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return f"hub:{model}@{_hub_revision(model)}"
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path).as_posix()}:{size}".encode())
+        with open(file, "rb") as fh:
+            for k in range(_SAMPLES_PER_FILE):
+                fh.seek(max(0, size - _SAMPLE_BYTES) * k // max(1, _SAMPLES_PER_FILE - 1))
+                digest.update(fh.read(_SAMPLE_BYTES))
+    return "dir:" + digest.hexdigest()[:16]
+
+
+def _hub_revision(name: str) -> str:
+    """Commit of the locally cached snapshot of a hub repo, or ``"main"`` if none."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True)).name
+    except Exception:  # not cached / offline: the name is all we know
+        return "main"
+
+
+def audio_path(row: dict) -> str:
+    """The audio source of a row: its audio file, else its video's audio track."""
+    path = row.get("audio") or row.get("video")
+    if not path:
+        raise EmptyMediaError(row.get("sample_id", "?"), "row has no audio or video file")
+    return str(path)
+
+
+def video_path(row: dict) -> str:
+    """The video file of a row."""
+    path = row.get("video")
+    if not path:
+        raise EmptyMediaError(row.get("sample_id", "?"), "row has no video file")
+    return str(path)
+
+
+def row_text(row: dict) -> str:
+    """The transcript of a row (stripped)."""
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise EmptyMediaError(row.get("sample_id", "?"), "row has no text")
+    return text.strip()
+

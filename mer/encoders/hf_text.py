@@ -1,0 +1,77 @@
+"""``hf_text``: hidden states of a causal LM or text encoder, mean-pooled over tokens.
+
+Paper: Baichuan-13B (fine-tuned on the labeled set by ``mer.finetune``). Default
+weights ``baichuan-inc/Baichuan-13B-Base``, whose code lives on the hub: it
+loads only when the job sets ``trust_remote_code: true``.
+
+Our choices where the paper is silent:
+* mean of ``layers`` hidden states (default last 4, as MERTools sums them),
+  averaged over real tokens (attention mask), transcript cut at ``MAX_TOKENS``;
+* ``seq``: ``seq_len`` segment means over the tokens;
+* ``dtype: auto`` = bf16 (fp16 without bf16) on GPU, fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+from mer.encoders.base import Encoder, quiet_transformers, mean_of_layers, row_text, torch_dtype
+
+MAX_TOKENS = 512
+
+
+class HFTextEncoder(Encoder):
+    """Language model -> token states (chosen layers) -> pooled vector and token segments."""
+
+    alias = "hf_text"
+    role = "text"
+    default_model = "baichuan-inc/Baichuan-13B-Base"
+    spec_fields = ("layers", "seq_len", "seq_dtype", "dtype")
+
+    def __init__(self, spec, device="cpu"):
+        super().__init__(spec, device)
+        self.layers = list(spec.layers)
+        self.model = self.tokenizer = None
+
+    def _config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.model_name, trust_remote_code=self.spec.trust_remote_code)
+
+    @property
+    def dim(self) -> int:
+        return int(self._config().hidden_size)
+
+    def prepare(self, row: dict) -> str:
+        return row_text(row)
+
+    def load(self) -> None:
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        quiet_transformers()
+
+        remote = self.spec.trust_remote_code
+        config = self._config()
+        # Hub-code models such as Baichuan register only AutoModelForCausalLM.
+        auto_map = getattr(config, "auto_map", None) or {}
+        cls = AutoModelForCausalLM if auto_map and "AutoModel" not in auto_map else AutoModel
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, trust_remote_code=remote)
+        if self.tokenizer.pad_token is None:  # causal LM tokenizers often have none
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.model = cls.from_pretrained(
+            self.model_name, trust_remote_code=remote, dtype=torch_dtype(self.spec.dtype, self.device)
+        )
+        self.model.to(self.device).eval()
+
+    def token_states(self, texts: list[str]):
+        """(B, T, D) float32 mean of the chosen layers, and the (B, T) attention mask."""
+        import torch
+
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        with torch.inference_mode():
+            out = self.model(**enc, output_hidden_states=True)
+        return mean_of_layers(out.hidden_states, self.layers), enc["attention_mask"]
+
+    def _encode(self, batch: list[str]):
+        states, mask = self.token_states(batch)
+        states, mask = states.cpu().numpy(), mask.bool().cpu().numpy()
+        return [self.finish(states[i][mask[i]]) for i in range(len(batch))]

@@ -1,0 +1,220 @@
+"""One encoder over a set of manifest rows: Ray Data decode tasks -> encoder actor pool -> store.
+
+Read top to bottom:
+
+1. Resume: ids already in the target table (same encoder version) are dropped
+   before anything is decoded; nothing left means no Ray work and no write.
+2. Ray Data streams the remaining rows through ``decode_batch`` (CPU tasks,
+   PyAV) and ``EncodeActor`` (an ``ActorPoolStrategy`` pool; ``num_gpus`` per
+   actor when the cluster has GPUs, so Ray pins each actor to its own device).
+3. The driver consumes blocks as they finish, upserts them into LanceDB every
+   ``write_batch`` rows (idempotent, keyed on sample_id) and hands failed rows
+   to ``on_failed`` (the stage quarantines them).
+
+Resources: actors never hold every CPU. ``decode_cpus`` stay free for decode
+tasks (else Ray Data waits forever for a CPU the actors hold); the actors split
+the rest. Memory is bounded by Ray Data's streaming backpressure plus one
+``write_batch`` buffer on the driver, whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pickle
+import time
+import warnings
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import ray
+from ray.util.annotations import RayDeprecationWarning
+from tqdm import tqdm
+
+from mer.config import EncoderSpec, ExtractConfig
+from mer.encoders import build_encoder
+from mer.extract.workers import EncodeActor, decode_batch
+from mer.store import open_store, table_name
+
+MANIFEST_COLUMNS = ["sample_id", "split", "label", "video", "audio", "text"]
+
+
+@dataclasses.dataclass
+class Plan:
+    """Resources for one extraction run, from what the cluster has.
+
+    Attributes:
+        actors: encoder actors in the pool.
+        actor_gpus: GPUs per actor (0 = CPU fallback).
+        actor_cpus: CPUs per actor (the rest of the CPUs after ``decode_cpus``).
+        decode_cpus: CPUs per decode task.
+        threads: torch threads per actor on CPU (0 = leave Ray's default).
+    """
+
+    actors: int
+    actor_gpus: float
+    actor_cpus: float
+    decode_cpus: float
+    threads: int
+
+
+def plan_resources(cfg: ExtractConfig, resources: dict | None = None) -> Plan:
+    """Fit the actor pool to the cluster: GPUs when there are any, never every CPU.
+
+    With GPUs each actor holds at most one CPU and decode tasks get the rest (a
+    GPU node's cores feed its GPUs). On CPU the actors split what ``decode_cpus``
+    leaves, and their torch threads share all cores (decode tasks are light
+    beside a model and interleave), so one actor already uses the machine.
+    """
+    resources = ray.cluster_resources() if resources is None else resources
+    cpus, gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
+    actors = max(1, cfg.num_actors)
+    actor_gpus = cfg.gpus_per_actor if gpus > 0 and cfg.gpus_per_actor > 0 else 0.0
+    if actor_gpus:
+        actors = min(actors, max(1, int(gpus // actor_gpus)))  # a pool larger than the GPUs never starts
+    decode = min(cfg.decode_cpus, cpus / 2)
+    actor_cpus = round((cpus - decode) / actors, 3)
+    if actor_gpus:  # the GPU does the work: leave every other core to decode tasks feeding it
+        actor_cpus = min(1.0, actor_cpus)
+    threads = 0 if actor_gpus else max(1, int(cpus // actors))
+    return Plan(actors=actors, actor_gpus=actor_gpus, actor_cpus=actor_cpus, decode_cpus=decode, threads=threads)
+
+
+def build_dataset(rows: pd.DataFrame, spec: EncoderSpec, plan: Plan, max_restarts: int):
+    """The lazy Ray Data pipeline: manifest rows -> decode tasks -> encoder actors."""
+    spec_json = json.dumps(dataclasses.asdict(spec))
+    per_block = max(1, spec.batch_size)
+    records = rows[MANIFEST_COLUMNS].astype(object).where(rows[MANIFEST_COLUMNS].notna(), None)
+    ds = ray.data.from_items(records.to_dict("records"), override_num_blocks=math.ceil(len(rows) / per_block))
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"spec_json": spec_json},
+        batch_size=per_block,
+        batch_format="numpy",
+        num_cpus=plan.decode_cpus,
+    )
+    with warnings.catch_warnings():
+        # Ray 2.60 flags max_restarts/max_task_retries as deprecated kwargs but has no
+        # named parameter for them yet; Ray Data's own default (-1) would retry a
+        # sample that kills its actor forever, so we keep a bound.
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return ds.map_batches(
+            EncodeActor,
+            fn_constructor_kwargs={"spec_json": spec_json, "threads": plan.threads},
+            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            batch_size=per_block,
+            batch_format="numpy",
+            num_cpus=plan.actor_cpus,
+            num_gpus=plan.actor_gpus or None,
+            max_restarts=max_restarts,
+            max_task_retries=max_restarts,
+        )
+
+
+def extract_rows(
+    rows: pd.DataFrame,
+    spec: EncoderSpec,
+    store_uri: str,
+    cfg: ExtractConfig,
+    on_failed: Callable[[list[dict]], None] = lambda failed: None,
+    progress: bool = True,
+) -> dict:
+    """Extract one encoder's features for ``rows`` into the store (resumable, idempotent).
+
+    Args:
+        rows: manifest rows (``sample_id, split, label, video, audio, text``).
+        spec: the encoder spec.
+        store_uri: LanceDB URI.
+        cfg: extraction settings (actors, GPUs, write batch, restarts).
+        on_failed: called with ``[{sample_id, reason}]`` for samples that failed.
+        progress: show a progress bar with samples/s and ETA.
+
+    Returns:
+        ``{table, encoder, version, written, skipped, failed, no_face_frames,
+        per_gpu, actors, seconds, samples_per_s, startup_s, steady_samples_per_s}``
+        (``startup_s``: until the first batch came back; actor start and model load).
+    """
+    encoder = build_encoder(spec)
+    alias, version = encoder.alias, encoder.version
+    store = open_store(store_uri)
+    done = store.existing_ids(alias, version)
+    todo = rows[~rows["sample_id"].isin(done)]
+    summary = {
+        "table": table_name(alias, version),
+        "encoder": alias,
+        "version": version,
+        "written": 0,
+        "skipped": int(len(rows) - len(todo)),
+        "failed": 0,
+        "no_face_frames": 0,
+    }
+    if todo.empty:
+        return summary
+    plan = plan_resources(cfg)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one driver bar below instead of one per operator
+    ds = build_dataset(todo, spec, plan, cfg.max_restarts)
+
+    start = time.perf_counter()
+    first: tuple[float, int] | None = None  # (seconds, rows) when the first batch arrived
+    buffer: list[dict] = []
+    per_gpu: Counter = Counter()
+
+    def flush() -> None:
+        if buffer:
+            summary["written"] += _write(store, alias, version, buffer, spec.seq_dtype)
+            buffer.clear()
+
+    with tqdm(total=len(todo), desc=f"extract {alias}", unit="clip", disable=not progress) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if first is None:
+                first = (time.perf_counter() - start, len(batch["sample_id"]))
+            failed = []
+            for i, sid in enumerate(batch["sample_id"]):
+                summary["no_face_frames"] += int(batch["no_face"][i])
+                if batch["error"][i]:
+                    failed.append({"sample_id": str(sid), "reason": str(batch["error"][i])})
+                    continue
+                vector, seq = pickle.loads(batch["result"][i])
+                label = batch["label"][i]  # an all-null column comes back as NaN floats
+                buffer.append(
+                    {"sample_id": str(sid), "split": str(batch["split"][i]),
+                     "label": label if isinstance(label, str) and label else None,
+                     "vector": vector, "seq": seq}
+                )
+                per_gpu[str(batch["gpu"][i]) or "cpu"] += 1
+            if failed:
+                summary["failed"] += len(failed)
+                on_failed(failed)
+            if len(buffer) >= cfg.write_batch:
+                flush()
+            bar.update(len(batch["sample_id"]))
+        flush()
+    seconds = time.perf_counter() - start
+    startup, first_rows = first or (seconds, 0)
+    summary.update(
+        per_gpu=dict(per_gpu),
+        actors=plan.actors,
+        seconds=round(seconds, 2),
+        samples_per_s=round(len(todo) / max(seconds, 1e-9), 2),
+        # actor start and model load happen once per run; this is the rate after them
+        startup_s=round(startup, 2),
+        steady_samples_per_s=round((len(todo) - first_rows) / max(seconds - startup, 1e-9), 2),
+    )
+    return summary
+
+
+def _write(store, alias: str, version: str, rows: list[dict], seq_dtype: str) -> int:
+    """One idempotent upsert of buffered rows (a retried batch replaces, never duplicates)."""
+    columns = {
+        "sample_id": [r["sample_id"] for r in rows],
+        "split": [r["split"] for r in rows],
+        "label": [r["label"] for r in rows],
+        "vector": np.stack([r["vector"] for r in rows]),
+    }
+    if all(r["seq"] is not None for r in rows):
+        columns["seq"] = [r["seq"] for r in rows]
+    return store.upsert(alias, version, columns, seq_dtype=seq_dtype)

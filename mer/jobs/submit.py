@@ -1,0 +1,189 @@
+"""Package a job for the cluster and submit it: ``mer submit JOB.yaml``.
+
+What goes to the cluster:
+
+- the working directory (default: where ``mer submit`` runs) as Ray's
+  ``working_dir``, so the job YAMLs and, in a mer checkout, the ``mer/`` code
+  travel with the job; Ray puts that folder first on ``PYTHONPATH``, so the
+  code you edited is the code that runs. Stores, run folders, virtualenvs,
+  git data, corpora and media are excluded (Ray also honours ``.gitignore``).
+- when the working directory holds no ``mer/`` package (a project folder with
+  only job files), the local ``mer`` package as a ``py_modules`` entry, so the
+  cluster runs the same mer version as this client.
+- the entrypoint ``mer run <job> key=value ...``: the ``mer`` command and mer's
+  dependencies (torch, lancedb, PyAV...) must be installed on the cluster's
+  nodes (``cluster/ray-aws.yaml`` and the KubeRay manifests do that).
+
+Paths in the job (manifest, truth, store, run_dir, local model folders) are
+relative to where you run mer; on the cluster the job runs inside Ray's copy
+of the working dir, which is deleted later. ``mer submit`` therefore sends
+them as absolute paths (resolved against the working directory) (inputs only when they exist here): right for a
+single-machine head and for a shared filesystem mounted at the same path; on
+any other cluster set them to cluster paths or ``s3://`` URIs.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mer.config import Job, load_job
+from mer.errors import MerError
+
+# Never shipped: outputs, environments, data. Patterns are gitignore-style.
+EXCLUDES = [
+    ".git/", ".venv/", "venv/", "__pycache__/", "*.egg-info/", ".pytest_cache/", "build/",
+    "mer_store/", "runs/", "demo_corpus/", "*.lance/", "*.lance",
+    "*.mp4", "*.avi", "*.mkv", "*.webm", "*.mov", "*.wav", "*.flac", "*.mp3",
+    "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@dataclass
+class Submission:
+    """Everything sent to the Jobs API for one ``mer submit``.
+
+    Attributes:
+        job: the job as validated locally (overrides applied).
+        submission_id: ``mer-<name>-<8 hex>``, shown by ``ray job list`` and the dashboard.
+        entrypoint: shell command the cluster runs.
+        runtime_env: Ray runtime environment (working_dir, excludes, py_modules, env_vars).
+        metadata: ``{"mer_job": name}``; ``mer list`` keeps jobs that carry it.
+        path_overrides: ``key=value`` pairs mer added to make paths absolute.
+    """
+
+    job: Job
+    submission_id: str
+    entrypoint: str
+    runtime_env: dict
+    metadata: dict
+    path_overrides: list[str] = field(default_factory=list)
+
+
+def submission_id(name: str) -> str:
+    """``mer-<name>-<8 hex>``: readable in ``ray job list``, unique per submit."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "job"
+    return f"mer-{slug}-{uuid.uuid4().hex[:8]}"
+
+
+def _is_uri(value: str) -> bool:
+    return "://" in value
+
+
+def path_overrides(job: Job, base: Path) -> list[str]:
+    """``key=/abs/path`` overrides for the job's relative local paths.
+
+    Outputs (store, run_dir, finetune.out) always become absolute; inputs
+    (manifest, truth, report.balanced_manifest, encoder model folders) only
+    when they exist under ``base`` (an encoder's ``model`` is otherwise a hub
+    name such as ``facebook/hubert-large-ll60k``).
+    """
+    outputs = {"store": job.store, "run_dir": job.run_dir, "finetune.out": job.finetune.out}
+    inputs = {
+        "manifest": job.manifest,
+        "truth": job.truth,
+        "report.balanced_manifest": job.report.balanced_manifest,
+        **{f"encoders.{role}.model": spec.model for role, spec in job.encoders.items()},
+    }
+    pairs = []
+    for key, value in outputs.items():
+        if value and not _is_uri(value) and not Path(value).is_absolute():
+            pairs.append((key, base / value))
+    for key, value in inputs.items():
+        if value and not _is_uri(value) and not Path(value).is_absolute() and (base / value).exists():
+            pairs.append((key, base / value))
+    return [f"{key}={path.resolve()}" for key, path in pairs]
+
+
+def runtime_env(working_dir: Path, extra_excludes: list[str] = ()) -> dict:
+    """Ray runtime_env shipping ``working_dir`` (and mer itself when it is not inside).
+
+    Args:
+        working_dir: folder uploaded as the job's working directory.
+        extra_excludes: more gitignore-style patterns, relative to ``working_dir``.
+    """
+    import mer
+
+    env = {
+        "working_dir": str(working_dir),
+        "excludes": EXCLUDES + [p for p in extra_excludes if p not in EXCLUDES],
+        # Logs reach `mer logs --follow` line by line instead of in 8 KiB blocks.
+        "env_vars": {"PYTHONUNBUFFERED": "1"},
+    }
+    if not (working_dir / "mer" / "__init__.py").is_file():
+        env["py_modules"] = [str(Path(mer.__file__).resolve().parent)]
+    return env
+
+
+def _data_excludes(job: Job, working_dir: Path) -> list[str]:
+    """Folders the job reads or writes that lie inside ``working_dir``."""
+    out = []
+    corpus_dir = None if _is_uri(job.manifest) else str(Path(job.manifest).parent)
+    for value in (job.store, job.run_dir, corpus_dir):
+        if not value or _is_uri(value) or value == ".":
+            continue
+        path = (working_dir / value).resolve()
+        if path != working_dir and path.is_relative_to(working_dir):
+            out.append("/" + path.relative_to(working_dir).as_posix() + "/")
+    return out
+
+
+def build_submission(
+    job_file: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    working_dir: str | Path = ".",
+) -> Submission:
+    """Validate the job locally and build what ``submit_job`` receives.
+
+    Raises:
+        ConfigError: the job file or an override is invalid (nothing is sent).
+        MerError: the job file lies outside ``working_dir``.
+    """
+    job = load_job(job_file, overrides)
+    root = Path(working_dir).resolve()
+    job_path = Path(job_file).resolve()
+    if not job_path.is_relative_to(root):
+        raise MerError(
+            f"{job_file} is outside the working dir {root}: run mer submit from the project "
+            "folder or pass --working-dir"
+        )
+    extra = path_overrides(job, root)
+    args = [job_path.relative_to(root).as_posix(), *overrides, *extra]
+    return Submission(
+        job=load_job(job_file, [*overrides, *extra]),
+        submission_id=submission_id(job.name),
+        entrypoint="mer run " + shlex.join(args),
+        runtime_env=runtime_env(root, _data_excludes(job, root)),
+        metadata={"mer_job": job.name},
+        path_overrides=extra,
+    )
+
+
+def is_local_address(url: str) -> bool:
+    """True when the dashboard URL points at this machine."""
+    from urllib.parse import urlsplit
+
+    return (urlsplit(url).hostname or "") in LOCAL_HOSTS
+
+
+def submit(sub: Submission, address: str | None = None, entrypoint_num_cpus: float | None = None) -> str:
+    """Send a built submission to the cluster; return its submission id.
+
+    Raises:
+        ClusterError: no address, unreachable head, bad token, or the head refused the job.
+    """
+    from mer.jobs.client import cluster_errors, connect, quiet_ray_logs
+
+    client, url = connect(address)
+    with cluster_errors(url), quiet_ray_logs():
+        return client.submit_job(
+            entrypoint=sub.entrypoint,
+            submission_id=sub.submission_id,
+            runtime_env=sub.runtime_env,
+            metadata=sub.metadata,
+            entrypoint_num_cpus=entrypoint_num_cpus,
+        )
