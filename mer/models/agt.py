@@ -1,0 +1,92 @@
+"""Audio-Guided Transformer (AGT): CBT per non-audio modality, AMF, classifier.
+
+Paper (arXiv 2409.05007) specifies: audio guides the fusion; for the visual and
+the textual modality a Context-Based Transformer takes the audio sequence as
+query and the modality's sequence as keys/values; Adaptive Multimodal Fusion
+weights the audio-guided streams by their similarity with the audio stream;
+a classifier predicts the emotion.
+
+Our choices: every role is projected to ``train.hidden`` (LayerNorm + Linear);
+the audio stream is ``train.depth`` self-attention-only blocks over the audio
+steps; streams are pooled by a masked mean over the audio steps; the audio
+stream joins the AMF sum; a sample without audio uses a learned "missing
+audio" query token and the audio stream is masked out of AMF, so the guided
+streams degrade to learned-query attention pooling of the other modalities.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mer.config import ConfigError
+
+from mer.models.amf import AMF
+from mer.models.cbt import CBT
+from mer.models.common import InputProjection, classifier, masked_mean, tokens
+
+GUIDE_ROLE = "audio"
+
+
+class AGT(nn.Module):
+    """Audio-Guided Transformer.
+
+    Args:
+        dims: role -> input feature width; must include ``audio``.
+        num_classes: number of labels.
+        hidden, heads, depth, dropout: transformer sizes.
+        similarity: AMF similarity (``cosine`` or ``bilinear``).
+        use_seq: attend over ``seq`` steps when the batch has them.
+    """
+
+    def __init__(
+        self,
+        dims: dict[str, int],
+        num_classes: int,
+        hidden: int = 128,
+        heads: int = 4,
+        depth: int = 1,
+        dropout: float = 0.2,
+        similarity: str = "cosine",
+        use_seq: bool = True,
+    ):
+        super().__init__()
+        if GUIDE_ROLE not in dims:
+            raise ConfigError(f"agt needs an '{GUIDE_ROLE}' encoder (job has: {', '.join(sorted(dims))})")
+        self.use_seq = use_seq
+        self.guided_roles = sorted(r for r in dims if r != GUIDE_ROLE)
+        self.project = nn.ModuleDict({r: InputProjection(d, hidden, dropout) for r, d in dims.items()})
+        self.missing_audio = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.audio_stream = CBT(hidden, heads, depth, dropout, cross=False)
+        self.cbt = nn.ModuleDict({r: CBT(hidden, heads, depth, dropout) for r in self.guided_roles})
+        self.amf = AMF(hidden, similarity)
+        self.head = classifier(hidden, num_classes, dropout)
+
+    def _audio_query(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, mask = tokens(batch[GUIDE_ROLE], self.use_seq)
+        q = self.project[GUIDE_ROLE](x)
+        present = batch[GUIDE_ROLE]["present"].bool()
+        if not present.all():
+            absent = ~present
+            q = q.clone()
+            q[absent] = self.missing_audio.to(q.dtype)
+            mask = mask.clone()
+            mask[absent] = False
+            mask[absent, 0] = True
+        return q, mask, present
+
+    def fusion(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused vector (B, H) and AMF weights (B, M) ordered audio, then guided roles."""
+        query, query_mask, audio_present = self._audio_query(batch)
+        audio = masked_mean(self.audio_stream(query, query_mask), query_mask)
+        streams, present = [audio], [audio_present]
+        for role in self.guided_roles:
+            x, mask = tokens(batch[role], self.use_seq)
+            guided = self.cbt[role](query, query_mask, self.project[role](x), mask)
+            streams.append(masked_mean(guided, query_mask))
+            present.append(batch[role]["present"].bool())
+        return self.amf(torch.stack(streams, 1), audio, torch.stack(present, 1))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        fused, _ = self.fusion(batch)
+        return self.head(fused)

@@ -1,0 +1,58 @@
+"""Checkpoint folders: safetensors weights plus a JSON config that rebuilds the model.
+
+A folder holds ``config.json`` (model name, train settings, label set, roles
+with encoder alias/version and the store table versions read, seed, history)
+and one ``*.safetensors`` file per fold (one file without k-fold). Nothing is
+unpickled: weights load with ``safetensors``, optimizer state with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mer.config import TrainConfig
+from mer.errors import MerError
+from mer.models import build_model
+
+CONFIG = "config.json"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside a DDP wrapper."""
+    return getattr(model, "module", model)
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_weights(model: nn.Module, path: Path, device: str | torch.device = "cpu") -> nn.Module:
+    unwrap(model).load_state_dict(load_file(str(path), device=str(device)))
+    return model
+
+
+def read_config(checkpoint_dir: str | Path) -> dict:
+    """``config.json`` of a checkpoint folder; MerError if it is not one."""
+    path = Path(checkpoint_dir) / CONFIG
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MerError(f"{checkpoint_dir}: not a checkpoint folder (no {CONFIG})") from None
+
+
+def load_models(checkpoint_dir: str | Path) -> tuple[dict, list[nn.Module]]:
+    """The config and one eval-mode model per weights file (fold) of a checkpoint."""
+    config = read_config(checkpoint_dir)
+    cfg = TrainConfig(**config["train"])
+    models = []
+    for name in config["weights"]:
+        model = build_model(config["model"], config["dims"], len(config["labels"]), cfg)
+        models.append(load_weights(model, Path(checkpoint_dir) / name).eval())
+    return config, models

@@ -1,0 +1,31 @@
+"""The ``train`` stage: fit ``train.model`` per seed, ensemble-predict test and unlabeled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mer.config import Job
+from mer.train.data import plan_read
+from mer.train.fit import fit
+from mer.train.predict import predict, write_predictions
+
+
+def run(job: Job) -> dict:
+    """Fit one checkpoint per seed under ``run_dir/checkpoints/``; write predictions.
+
+    Writes ``run_dir/predictions_test.csv`` and ``run_dir/predictions_unlabeled.csv``
+    (seed ensemble: mean probabilities).
+    """
+    run_dir = Path(job.run_dir)
+    plan = plan_read(job)
+    checkpoints = [
+        fit(job, job.train.model, seed, run_dir / "checkpoints" / f"{job.train.model}_seed{seed}", plan=plan)
+        for seed in job.train.seeds
+    ]
+    summary = {"model": job.train.model, "checkpoints": [str(c) for c in checkpoints],
+               "read_path": "streaming" if plan.streaming else "numpy"}
+    for split in ("test", "unlabeled"):
+        frame = predict(checkpoints, job.store, split)
+        summary[f"predictions_{split}"] = str(write_predictions(frame, run_dir / f"predictions_{split}.csv"))
+        summary[f"n_{split}"] = len(frame)
+    return summary

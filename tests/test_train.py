@@ -1,0 +1,201 @@
+"""Training with Ray Train on a real store folder of synthetic separable features.
+
+One module-scoped Ray instance (2 CPUs, 2 fake GPUs) and one store. Three Ray Train
+runs (the train stage, a failure-injected rerun, a streaming rerun); each is ~20 s
+of Ray Train start-up on an idle 2-core machine, minutes on a busy one.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from sklearn.metrics import accuracy_score, f1_score
+
+from mer.config import job_from_dict
+from mer.train.synthetic import write_synthetic_features
+
+LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+
+
+def make_job(root, run="run", **train):
+    train = {"epochs": 8, "seeds": [0], "hidden": 32, "heads": 2, "batch_size": 32, "patience": 20, **train}
+    return job_from_dict({
+        "name": "t", "manifest": str(root / "none.csv"), "store": str(root / "store"), "run_dir": str(root / run),
+        "encoders": {"audio": {"alias": "logmel", "seq_len": 4}, "video": {"alias": "frames", "seq_len": 4},
+                     "text": {"alias": "minilm", "seq_len": 0}},
+        "train": train,
+    })
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("train")
+    write_synthetic_features(make_job(root), {"train": 300, "test": 120, "unlabeled": 60},
+                             seed=0, missing_fraction=0.1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def stage_summary(root):
+    """The ``train`` stage of a one-seed job: the fit every other test compares with."""
+    from mer.train.stage import run
+
+    return run(make_job(root))
+
+
+@pytest.fixture(scope="module")
+def trained(stage_summary):
+    return Path(stage_summary["checkpoints"][0])
+
+
+def truth(root, split="test"):
+    from mer.train.data import load_features
+
+    data = load_features(make_job(root), split, streaming=False)
+    return pd.DataFrame({"sample_id": data.ids, "label": data.label})
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.timeout(900)
+def test_tiny_run_well_above_chance_and_checkpoint_config(root, trained):
+    from mer.train.predict import predict
+
+    pred = predict(trained, None, "test")
+    t = truth(root).merge(pred, on="sample_id", suffixes=("_true", "_pred"))
+    assert len(t) == 120
+    waf = f1_score(t["label_true"], t["label_pred"], average="weighted")
+    assert waf > 0.6  # chance is ~0.17 for six balanced classes
+    probs = pred[[f"p_{c}" for c in LABELS]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    config = json.loads((trained / "config.json").read_text())
+    assert config["model"] == "agt" and config["labels"] == LABELS and config["weights"] == ["model.safetensors"]
+    assert set(config["read"]["tables"]) == {"audio", "video", "text"}
+    for t in config["read"]["tables"].values():
+        assert t["table"].startswith(f"features__{t['alias']}__") and t["table_version"] >= 1
+    assert config["encoders"]["audio"]["alias"] == "logmel"
+    assert len(config["history"][0]) == 8
+
+
+@pytest.mark.timeout(600)
+def test_checkpoint_round_trip_identical_predictions(root, trained, tmp_path):
+    from mer.train.checkpoint import load_models, save_weights
+    from mer.train.predict import predict
+
+    first = predict(trained, None, "test")
+    config, (model,) = load_models(trained)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    save_weights(model, copy / "model.safetensors")
+    (copy / "config.json").write_text(json.dumps(config))
+    again = predict(copy, None, "test")
+    pd.testing.assert_frame_equal(first, again, check_exact=True)
+
+
+@pytest.mark.timeout(900)
+def test_resume_after_injected_worker_failure_matches_clean_run(root, trained):
+    """The rank-0 worker process dies at epoch 3; Ray restarts it from the last checkpoint."""
+    from mer.train.fit import fit
+
+    resumed = fit(make_job(root, run="run_fail"), "agt", 0, root / "ckpt_fail", fail_at_epoch=3)
+    config = json.loads((resumed / "config.json").read_text())
+    assert config["resumed_at"][0] and 1 <= config["resumed_at"][0][0] <= 3
+    assert [h["epoch"] for h in config["history"][0]] == list(range(8))
+    # every random draw derives from (seed, epoch): same weights as the run that never failed
+    assert digest(resumed / "model.safetensors") == digest(trained / "model.safetensors")
+
+
+@pytest.mark.timeout(900)
+def test_streaming_and_numpy_paths_same_batches_and_model(root, trained):
+    from mer.train.data import load_features
+    from mer.train.fit import fit
+
+    job = make_job(root, run="run_stream")
+    numpy_data, stream_data = load_features(job, streaming=False), load_features(job, streaming=True)
+    index = np.arange(0, len(numpy_data), 7)
+    a, b = numpy_data.batch(index), stream_data.batch(index)
+    for role in a:
+        for key in a[role]:
+            assert torch.equal(a[role][key], b[role][key]), (role, key)
+    streamed = fit(job, "agt", 0, root / "ckpt_stream", streaming=True)
+    configs = [json.loads((c / "config.json").read_text()) for c in (trained, streamed)]
+    assert configs[1]["read"]["streaming"] is True and configs[0]["read"]["streaming"] is False
+    assert [h["val_f1"] for h in configs[0]["history"][0]] == [h["val_f1"] for h in configs[1]["history"][0]]
+    assert digest(streamed / "model.safetensors") == digest(trained / "model.safetensors")
+
+
+@pytest.mark.timeout(600)
+def test_predict_and_evaluate_cli_against_sklearn(root, trained, tmp_path):
+    from mer.cli import cli
+
+    out = tmp_path / "preds.csv"
+    result = CliRunner().invoke(cli, ["predict", "--checkpoint", str(trained), "--split", "test", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    pred = pd.read_csv(out, dtype={"sample_id": str})
+    assert list(pred.columns) == ["sample_id", "label"] + [f"p_{c}" for c in LABELS]
+    truth_csv = tmp_path / "truth.csv"
+    truth(root).to_csv(truth_csv, index=False)
+    result = CliRunner().invoke(cli, ["evaluate", str(out), "--truth", str(truth_csv), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    t = pd.read_csv(truth_csv, dtype=str).merge(pred, on="sample_id", suffixes=("_true", "_pred"))
+    assert metrics["weighted_f1"] == pytest.approx(f1_score(t["label_true"], t["label_pred"], average="weighted"))
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(t["label_true"], t["label_pred"]))
+    assert f"{metrics['weighted_f1']:.4f}" in result.output
+    sad = t[t["label_true"] == "sad"]
+    assert metrics["per_class"]["sad"]["support"] == len(sad)
+    assert metrics["per_class"]["sad"]["recall"] == pytest.approx((sad["label_pred"] == "sad").mean())
+    assert np.sum(metrics["confusion"]) == len(t)
+    assert (tmp_path / "eval" / "confusion_test.png").stat().st_size > 1000
+    unl = tmp_path / "unl.csv"
+    result = CliRunner().invoke(cli, ["predict", "--checkpoint", str(trained), "--split", "unlabeled", "--out", str(unl)])
+    assert result.exit_code == 0 and len(pd.read_csv(unl)) == 60
+
+
+@pytest.mark.timeout(600)
+def test_train_stage_outputs_and_evaluate_stage(root, stage_summary, trained):
+    from mer.report.stage import evaluate
+
+    assert trained == root / "run" / "checkpoints" / "agt_seed0"
+    assert stage_summary["n_test"] == 120 and stage_summary["n_unlabeled"] == 60
+    unlabeled = pd.read_csv(root / "run" / "predictions_unlabeled.csv")
+    assert list(unlabeled.columns) == ["sample_id", "label"] + [f"p_{c}" for c in LABELS]
+    result = evaluate(make_job(root))
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    assert metrics["weighted_f1"] == pytest.approx(result["weighted_f1"]) and metrics["n"] == 120
+    assert (root / "run" / "confusion_test.png").exists()
+
+
+def test_pseudo_labels_join_training_never_validation(root):
+    from mer.train.data import load_features
+    from mer.train.loop import choose_rows, targets_of
+
+    job = make_job(root, val_fraction=0.2)
+    data = load_features(job, streaming=False)
+    unl = data.ids[data.split == "unlabeled"][:10]
+    extra = {sid: "happy" for sid in unl}
+    targets = targets_of(data, LABELS, extra)
+    rows = choose_rows(data, targets, job.train, 0, None, extra)
+    in_train = set(data.ids[rows.train])
+    assert set(unl) <= in_train and not set(unl) & set(data.ids[rows.val])
+    assert (targets[np.isin(data.ids, unl)] == LABELS.index("happy")).all()
+    assert len(rows.val) == 60 and len(rows.train) == 240 + 10
+    # present flags follow the store: 10% of video/text rows were left out
+    present = data.present()
+    assert present["audio"].all() and 0.8 < present["video"].mean() < 0.97
