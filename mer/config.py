@@ -378,3 +378,33 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
         return job_from_dict(data, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def is_uri(value: str) -> bool:
+    """True for ``s3://...``-style locations, which are never made absolute."""
+    return "://" in value
+
+
+def path_overrides(job: Job, base: Path) -> list[str]:
+    """``key=/abs/path`` overrides for the job's relative local paths.
+
+    Outputs (store, run_dir, finetune.out) always become absolute; inputs
+    (manifest, truth, report.balanced_manifest, encoder model folders) only
+    when they exist under ``base`` (an encoder's ``model`` is otherwise a hub
+    name such as ``facebook/hubert-large-ll60k``).
+    """
+    outputs = {"store": job.store, "run_dir": job.run_dir, "finetune.out": job.finetune.out}
+    inputs = {
+        "manifest": job.manifest,
+        "truth": job.truth,
+        "report.balanced_manifest": job.report.balanced_manifest,
+        **{f"encoders.{role}.model": spec.model for role, spec in job.encoders.items()},
+    }
+    pairs = []
+    for key, value in outputs.items():
+        if value and not is_uri(value) and not Path(value).is_absolute():
+            pairs.append((key, base / value))
+    for key, value in inputs.items():
+        if value and not is_uri(value) and not Path(value).is_absolute() and (base / value).exists():
+            pairs.append((key, base / value))
+    return [f"{key}={path.resolve()}" for key, path in pairs]

@@ -9,12 +9,13 @@ be rerun alone and a rerun skips finished work. The same code runs embedded
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import time
 from pathlib import Path
 
-from mer.config import Job
+from mer.config import Job, job_from_dict, path_overrides
 
 STAGE_FUNCTIONS = {
     "validate": "mer.corpus.stage:run",
@@ -22,10 +23,11 @@ STAGE_FUNCTIONS = {
     "finetune": "mer.finetune.stage:run",
     "train": "mer.train.stage:run",
     "selftrain": "mer.selftrain.stage:run",
+    "ablation": "mer.selftrain.ablation:run",
     "evaluate": "mer.report.stage:evaluate",
     "report": "mer.report.stage:report",
 }
-RAY_STAGES = {"extract", "finetune", "train", "selftrain", "report"}
+RAY_STAGES = {"extract", "finetune", "train", "selftrain", "ablation", "report"}
 
 
 def stage_function(name: str):
@@ -43,7 +45,12 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
 
 def run_job(job: Job, echo=print) -> dict:
-    """Run every stage of ``job`` in order; return ``{stage: summary}``."""
+    """Run every stage of ``job`` in order; return ``{stage: summary}``.
+
+    Relative local paths are made absolute first: Ray workers (Ray Train's
+    especially) run in other working directories.
+    """
+    job = job_from_dict(dataclasses.asdict(job), path_overrides(job, Path.cwd()))
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(job.to_yaml())

@@ -13,7 +13,8 @@ import pytest
 from mer.errors import MerError
 from mer.jobs import client as jc
 from mer.jobs import manage
-from mer.jobs.submit import EXCLUDES, build_submission, is_local_address, path_overrides, runtime_env
+from mer.config import path_overrides
+from mer.jobs.submit import EXCLUDES, build_submission, is_local_address, runtime_env
 
 JOB_YAML = """\
 name: My Job!

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mer.config import Job, load_job
+from mer.config import Job, is_uri, load_job, path_overrides
 from mer.errors import MerError
 
 # Never shipped: outputs, environments, data. Patterns are gitignore-style.
@@ -70,35 +70,6 @@ def submission_id(name: str) -> str:
     return f"mer-{slug}-{uuid.uuid4().hex[:8]}"
 
 
-def _is_uri(value: str) -> bool:
-    return "://" in value
-
-
-def path_overrides(job: Job, base: Path) -> list[str]:
-    """``key=/abs/path`` overrides for the job's relative local paths.
-
-    Outputs (store, run_dir, finetune.out) always become absolute; inputs
-    (manifest, truth, report.balanced_manifest, encoder model folders) only
-    when they exist under ``base`` (an encoder's ``model`` is otherwise a hub
-    name such as ``facebook/hubert-large-ll60k``).
-    """
-    outputs = {"store": job.store, "run_dir": job.run_dir, "finetune.out": job.finetune.out}
-    inputs = {
-        "manifest": job.manifest,
-        "truth": job.truth,
-        "report.balanced_manifest": job.report.balanced_manifest,
-        **{f"encoders.{role}.model": spec.model for role, spec in job.encoders.items()},
-    }
-    pairs = []
-    for key, value in outputs.items():
-        if value and not _is_uri(value) and not Path(value).is_absolute():
-            pairs.append((key, base / value))
-    for key, value in inputs.items():
-        if value and not _is_uri(value) and not Path(value).is_absolute() and (base / value).exists():
-            pairs.append((key, base / value))
-    return [f"{key}={path.resolve()}" for key, path in pairs]
-
-
 def runtime_env(working_dir: Path, extra_excludes: list[str] = ()) -> dict:
     """Ray runtime_env shipping ``working_dir`` (and mer itself when it is not inside).
 
@@ -122,9 +93,9 @@ def runtime_env(working_dir: Path, extra_excludes: list[str] = ()) -> dict:
 def _data_excludes(job: Job, working_dir: Path) -> list[str]:
     """Folders the job reads or writes that lie inside ``working_dir``."""
     out = []
-    corpus_dir = None if _is_uri(job.manifest) else str(Path(job.manifest).parent)
+    corpus_dir = None if is_uri(job.manifest) else str(Path(job.manifest).parent)
     for value in (job.store, job.run_dir, corpus_dir):
-        if not value or _is_uri(value) or value == ".":
+        if not value or is_uri(value) or value == ".":
             continue
         path = (working_dir / value).resolve()
         if path != working_dir and path.is_relative_to(working_dir):

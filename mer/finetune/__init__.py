@@ -1,0 +1,15 @@
+"""DeepSpeed ZeRO fine-tuning of the extractors (paper step 1), then export.
+
+The paper fine-tunes Baichuan-13B (transcripts) and CLIP-ViT-large (frames) on
+the labeled split before extracting features. Here a classification head on
+the mean-pooled hidden states of one layer is trained together with the
+backbone under DeepSpeed ZeRO (stage and offload come from the job's DeepSpeed
+config), launched on Ray Train workers; the ZeRO shards are gathered into a
+plain Hugging Face folder that ``from_pretrained`` loads without DeepSpeed, and
+the role is re-extracted into a new feature table.
+
+Modules: ``dsconfig`` (job -> DeepSpeed config), ``model`` (backbone + head,
+export/load, no Ray), ``data`` (labeled rows), ``loop`` (the per-worker recipe),
+``launch`` (Ray Train edge), ``stage`` (the ``finetune`` stage), ``plan``
+(ZeRO memory estimates).
+"""

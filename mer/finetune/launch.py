@@ -1,0 +1,102 @@
+"""Ray Train edge of fine-tuning: one ``TorchTrainer`` run, export copied to the job's folder.
+
+``ScalingConfig(num_workers=finetune.num_workers, use_gpu=finetune.use_gpu)``:
+one DeepSpeed rank per worker (one GPU each on a cluster; gloo on CPU). A rerun
+with the same base model, settings and labeled rows finds the finished export
+(``mer_finetune.json`` fingerprint) and skips training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from mer.config import Job
+from mer.encoders import encoder_class
+from mer.errors import MerError
+from mer.finetune.data import labeled_examples
+from mer.finetune.dsconfig import resolve_deepspeed_config
+from mer.finetune.loop import PROBE_FILE, train_loop_per_worker
+from mer.finetune.model import META_FILE, export_logit_gap
+
+
+def export_dir(job: Job) -> Path:
+    """Where the export goes: ``finetune.out`` or ``run_dir/finetuned_<role>``."""
+    return Path(job.finetune.out or Path(job.run_dir) / f"finetuned_{job.finetune.role}")
+
+
+def worker_config(job: Job) -> dict:
+    """Everything a worker needs, as plain picklable values."""
+    cfg = job.finetune
+    spec = job.encoders.get(cfg.role)
+    model = encoder_class(spec.alias).resolve_model(spec) if spec else None
+    if not model:
+        raise MerError(f"finetune.role={cfg.role}: the job needs an encoders.{cfg.role} with a model (hub name or folder)")
+    if cfg.lora:
+        raise MerError("finetune.lora: LoRA is not supported yet; use ZeRO-3 with offload to save memory")
+    examples = labeled_examples(job)
+    ds_config = resolve_deepspeed_config(cfg, cfg.num_workers, cfg.use_gpu)
+    settings = {
+        "role": cfg.role, "model": model, "trust_remote_code": spec.trust_remote_code,
+        "num_classes": len(job.labels), "label_names": list(job.labels), "layer": cfg.layer,
+        "ds_config": ds_config, "epochs": cfg.epochs, "lr": cfg.lr, "max_steps": cfg.max_steps,
+        "seed": cfg.seed, "max_length": cfg.max_length, "gradient_checkpointing": cfg.gradient_checkpointing,
+        "num_frames": spec.num_frames, "face_crop": spec.face_crop,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(examples.to_csv(index=False).encode())
+    return settings | {
+        "inputs": examples["input"].tolist(), "labels": examples["label"].tolist(),
+        "backend": "nccl" if cfg.use_gpu else "gloo", "fingerprint": digest.hexdigest()[:16],
+        "num_examples": len(examples), "num_pseudo": int((examples["source"] == "pseudo").sum()),
+    }
+
+
+def _finished(out: Path, fingerprint: str) -> dict | None:
+    meta = out / META_FILE
+    if meta.is_file():
+        data = json.loads(meta.read_text())
+        if data.get("fingerprint") == fingerprint:
+            return data
+    return None
+
+
+def finetune(job: Job) -> dict:
+    """Fine-tune ``job.finetune.role``'s encoder on Ray Train workers and export it.
+
+    Returns:
+        Summary: ``out`` (export folder), ``losses`` per step, ``loss``,
+        ``export_max_abs_diff`` (export vs engine logits), ``skipped``.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    config = worker_config(job)
+    out = export_dir(job)
+    done = _finished(out, config["fingerprint"])
+    if done:
+        return {"out": str(out), "skipped": True, **done["train_metrics"]}
+    run_dir = Path(job.run_dir).resolve()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=job.finetune.num_workers, use_gpu=job.finetune.use_gpu),
+        torch_config=TorchConfig(backend=config["backend"]),
+        run_config=RunConfig(name=f"finetune_{job.finetune.role}", storage_path=str(run_dir / "ray_train")),
+    )
+    result = trainer.fit()
+    if out.exists():
+        shutil.rmtree(out)
+    result.checkpoint.to_directory(str(out))
+    # The export is the result; a second full copy (26 GB for 13B) in Ray's storage is not needed.
+    result.checkpoint.filesystem.delete_dir(result.checkpoint.path)
+    probe = run_dir / f"finetune_{job.finetune.role}_{PROBE_FILE}"
+    shutil.move(out / PROBE_FILE, probe)
+    gap = export_logit_gap(out, probe, trust_remote_code=config["trust_remote_code"])
+    metrics = {k: v for k, v in result.metrics.items() if k in ("loss", "losses", "step", "seconds", "zero_stage")}
+    return {
+        "out": str(out), "base_model": config["model"], "skipped": False, "export_max_abs_diff": gap,
+        "examples": config["num_examples"], "pseudo_examples": config["num_pseudo"], **metrics,
+    }

@@ -1,0 +1,204 @@
+"""The per-worker fine-tuning recipe, read top to bottom (runs inside Ray Train).
+
+Ray Train starts one process per worker and sets up the torch process group
+(gloo on CPU, NCCL on GPU); ``deepspeed.initialize`` reuses that group, the
+pattern Ray documents for DeepSpeed. Every rank runs the same number of steps
+(ZeRO's collectives need it), so each rank's share of the examples is padded
+by ``DistributedSampler``.
+
+At the end every rank joins the gather of the ZeRO-3 shards; rank 0 writes the
+plain Hugging Face export and hands it to Ray Train as the run's checkpoint,
+which Ray persists to the run's storage (a shared folder or object store on a
+cluster), so the driver finds it wherever the workers ran.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mer.finetune.dsconfig import zero_stage
+from mer.finetune.model import PooledClassifier, export_folder, freeze_unused_output_head, load_backbone
+
+PROBE_SIZE = 4  # examples whose final logits are kept, to check the export
+PROBE_FILE = "probe.safetensors"
+
+
+def _train_dtype(ds_config: dict) -> torch.dtype:
+    if ds_config.get("bf16", {}).get("enabled") is True:
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled") is True:
+        return torch.float16
+    return torch.float32
+
+
+def _text_batches(cfg: dict):
+    """(dataset, collate): transcripts tokenized per batch with the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg["model"], trust_remote_code=cfg["trust_remote_code"])
+    if tokenizer.pad_token is None:  # causal LMs ship without one; the mask hides it
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    examples = list(zip(cfg["inputs"], cfg["labels"]))
+
+    def collate(batch):
+        enc = tokenizer(
+            [text for text, _ in batch], padding=True, truncation=True,
+            max_length=cfg["max_length"], return_tensors="pt",
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, torch.tensor(
+            [label for _, label in batch]
+        )
+
+    return examples, collate
+
+
+def _frame_batches(cfg: dict, rank: int, world: int):
+    """(dataset, collate): every sampled frame of this rank's videos, labeled with its video's label.
+
+    Videos are split across ranks before decoding (each rank decodes only its
+    share); a video that fails to decode is replaced by the rank's other frames
+    so that ranks keep equal step counts.
+    """
+    from transformers import CLIPImageProcessorPil
+
+    from mer.corpus.media import MediaError
+    from mer.encoders.hf_clip import FRAME_SIZE
+    from mer.encoders.video import sample_clip
+
+    processor = CLIPImageProcessorPil.from_pretrained(cfg["model"])
+    order = list(DistributedSampler(range(len(cfg["inputs"])), world, rank, shuffle=False))
+    frames, labels = [], []
+    for i in order:
+        try:  # the same frames and face crops the hf_clip extractor sees
+            clip = sample_clip(cfg["inputs"][i], cfg["num_frames"], cfg["face_crop"], FRAME_SIZE)
+        except MediaError:
+            continue
+        frames.extend(clip.frames)
+        labels.extend([cfg["labels"][i]] * len(clip.frames))
+    if not frames:
+        raise RuntimeError(f"rank {rank}: none of its {len(order)} videos decoded")
+    target = len(order) * cfg["num_frames"]
+    examples = [(frames[i % len(frames)], labels[i % len(frames)]) for i in range(target)]
+
+    def collate(batch):
+        pixels = processor(images=[frame for frame, _ in batch], return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixels}, torch.tensor([label for _, label in batch])
+
+    return examples, collate
+
+
+def _build_model(cfg: dict, ds_config: dict) -> PooledClassifier:
+    dtype = _train_dtype(ds_config)
+    if zero_stage(ds_config) == 3 and importlib.util.find_spec("accelerate"):
+        # Alive during from_pretrained: transformers builds the model under
+        # deepspeed.zero.Init, so each rank only ever holds its shard. It needs
+        # accelerate; without it every rank loads a full copy in host RAM first
+        # (26 GB per rank for a 13B model in bf16), then initialize() shards it.
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841
+    backbone = load_backbone(cfg["model"], cfg["role"], cfg["trust_remote_code"], dtype=dtype)
+    if cfg["role"] == "text":
+        freeze_unused_output_head(backbone)
+        backbone.config.use_cache = False
+    if cfg["gradient_checkpointing"]:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(cfg["seed"])
+    return PooledClassifier(backbone, cfg["num_classes"], cfg["layer"])
+
+
+def _gathered_state_dict(engine) -> dict | None:
+    """Full state dict on rank 0 (None elsewhere); every rank must call it."""
+    if engine.zero_optimization_partition_weights():
+        # DeepSpeed's layer-by-layer ZeRO-3 gather (what HF Accelerate calls too)
+        return engine._zero3_consolidated_16bit_state_dict()
+    if engine.global_rank == 0:
+        return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+    return None
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """Fine-tune, report per-epoch losses, gather, export on rank 0.
+
+    Args:
+        cfg: built by ``mer.finetune.launch.worker_config``.
+    """
+    import deepspeed
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    ds_config = cfg["ds_config"]
+    deepspeed.init_distributed(dist_backend=cfg["backend"])  # reuses Ray Train's process group
+    model = _build_model(cfg, ds_config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = None if "optimizer" in ds_config else torch.optim.AdamW(params, lr=cfg["lr"])
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer, config=ds_config)
+    dtype = _train_dtype(ds_config)
+
+    def to_device(inputs):
+        return {
+            k: v.to(engine.device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()
+        }
+
+    if cfg["role"] == "text":
+        examples, collate = _text_batches(cfg)
+        sampler = DistributedSampler(examples, world, rank, shuffle=True, seed=cfg["seed"])
+    else:
+        examples, collate = _frame_batches(cfg, rank, world)
+        sampler = DistributedSampler(examples, 1, 0, shuffle=True, seed=cfg["seed"] + rank)
+    loader = DataLoader(examples, batch_size=engine.train_micro_batch_size_per_gpu(), sampler=sampler, collate_fn=collate)
+
+    losses, step, start = [], 0, time.perf_counter()
+    for epoch in range(cfg["epochs"]):
+        sampler.set_epoch(epoch)
+        engine.train()
+        epoch_losses = []
+        for inputs, labels in loader:
+            logits = engine(**to_device(inputs))
+            loss = F.cross_entropy(logits.float(), labels.to(engine.device))
+            engine.backward(loss)
+            engine.step()
+            mean = loss.detach().float().clone()
+            torch.distributed.all_reduce(mean)
+            epoch_losses.append(mean.item() / world)
+            if engine.is_gradient_accumulation_boundary():
+                step += 1
+            if cfg["max_steps"] and step >= cfg["max_steps"]:
+                break
+        losses.extend(epoch_losses)
+        if epoch == cfg["epochs"] - 1 or (cfg["max_steps"] and step >= cfg["max_steps"]):
+            break
+        ray.train.report({"epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses))})
+
+    # Every rank forwards its probe batch (ZeRO-3 forwards are collective); rank 0 keeps its logits.
+    engine.eval()
+    probe_inputs, _ = collate(examples[:PROBE_SIZE])
+    with torch.no_grad():
+        probe_logits = engine(**to_device(probe_inputs)).float().cpu()
+    metrics = {
+        "epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses)), "losses": losses,
+        "seconds": round(time.perf_counter() - start, 1),
+        "zero_stage": zero_stage(ds_config), "world_size": world,
+    }
+    state_dict = _gathered_state_dict(engine)
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        export_folder(
+            engine.module.backbone, state_dict, tmp, cfg["model"], cfg["role"],
+            {k: cfg[k] for k in ("layer", "label_names", "fingerprint")} | {"train_metrics": metrics},
+            trust_remote_code=cfg["trust_remote_code"],
+        )
+        # Beside the export, not in it: the driver moves it out and checks the export against it.
+        save_file({**probe_inputs, "logits": probe_logits}, f"{tmp}/{PROBE_FILE}")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

