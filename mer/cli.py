@@ -107,6 +107,321 @@ def run(job_file, overrides) -> None:
     click.echo(f"next: mer query tables --store {job.store}")
 
 
+_store_option = click.option(
+    "--store", envvar="MER_STORE", default="mer_store", show_default=True,
+    help="Store URI: a folder or any lancedb URI such as s3://bucket/mer (env MER_STORE).",
+)
+_encoder_help = "Encoder alias (newest version), alias@version8, or a full table name."
+
+
+@cli.group()
+def query() -> None:
+    """Inspect the feature store: tables, samples, neighbours, index, export."""
+
+
+@query.command("tables")
+@_store_option
+def query_tables(store) -> None:
+    """List every table: encoder, version, dim, rows per split and label, Lance versions.
+
+    \b
+    Example:
+      mer query tables --store mer_store
+    """
+    from mer.store import open_store
+    from mer.store.query import tables_text
+
+    click.echo(tables_text(open_store(store, create=False)))
+    click.echo(f"next: mer query get SAMPLE_ID --store {store}   or   mer query like SAMPLE_ID --encoder ALIAS")
+
+
+@query.command("get")
+@click.argument("sample_id")
+@click.option("--encoder", default=None, help=_encoder_help + " Default: every feature table.")
+@_store_option
+def query_get(sample_id, encoder, store) -> None:
+    """Show one sample's stored vectors (shape, head values) and metadata.
+
+    \b
+    Example:
+      mer query get s0001 --encoder minilm
+    """
+    from mer.store import open_store
+    from mer.store.query import encoder_ref, get_sample
+
+    found = get_sample(open_store(store, create=False), sample_id, encoder)
+    for row in found:
+        click.echo(f"{row['table']}:")
+        for key, value in row.items():
+            if key != "table":
+                click.echo(f"  {key}: {value}")
+    click.echo(f"next: mer query like {sample_id} --encoder {encoder_ref(found[0]['table'])} --store {store}")
+
+
+@query.command("like")
+@click.argument("sample_id")
+@click.option("--encoder", required=True, help=_encoder_help)
+@click.option("-k", "k", default=10, show_default=True, help="Neighbours to return.")
+@click.option("--where", default=None, help="SQL filter on the table, e.g. \"split = 'train'\".")
+@_store_option
+def query_like(sample_id, encoder, k, where, store) -> None:
+    """Nearest neighbours of a sample (cosine distance), with their labels.
+
+    \b
+    Example:
+      mer query like s0001 --encoder minilm -k 10 --where "split = 'train'"
+    """
+    from mer.store import open_store
+    from mer.store.query import like
+
+    frame, mode = like(open_store(store, create=False), sample_id, encoder, k, where)
+    click.echo(frame.to_string(index=False, na_rep="-"))
+    click.echo(f"({mode} search, {len(frame)} rows)")
+    hint = f"mer query index --encoder {encoder} --store {store}" if mode == "exact" else f"mer query get {sample_id}"
+    click.echo(f"next: {hint}")
+
+
+@query.command("index")
+@click.option("--encoder", required=True, help=_encoder_help)
+@click.option("--force", is_flag=True, help="Build even on a small table.")
+@_store_option
+def query_index(encoder, force, store) -> None:
+    """Build the ANN index (IVF_PQ, cosine) that `mer query like` then uses.
+
+    \b
+    Example:
+      mer query index --encoder hf_audio
+    """
+    from mer.store import open_store
+    from mer.store.query import index
+
+    summary = index(open_store(store, create=False), encoder, force=force)
+    if summary["built"]:
+        click.echo(f"indexed {summary['table']}: {summary['rows']} rows, {summary['params']}, {summary['seconds']} s")
+    else:
+        click.echo(f"not indexed {summary['table']}: {summary['reason']} (--force builds anyway)")
+    click.echo(f"next: mer query like SAMPLE_ID --encoder {encoder} --store {store}")
+
+
+@query.command("export")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--encoder", required=True, help=_encoder_help)
+@click.option("--split", default=None, help="Only this split.")
+@click.option("--with-seq", is_flag=True, help="Also export the seq column.")
+@_store_option
+def query_export(out, encoder, split, with_seq, store) -> None:
+    """Write one encoder's table to Parquet (for pandas, duckdb, polars).
+
+    \b
+    Example:
+      mer query export --encoder minilm features.parquet
+    """
+    from mer.store import open_store
+    from mer.store.query import export
+
+    rows = export(open_store(store, create=False), encoder, out, with_seq=with_seq, split=split)
+    click.echo(f"wrote {rows} rows to {out}")
+    click.echo(f"next: duckdb -c \"SELECT split, label, count(*) FROM '{out}' GROUP BY ALL\"")
+
+
+@cli.command("predict")
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Checkpoint folder (config.json + safetensors); repeat to average several.")
+@click.option("--split", type=click.Choice(["test", "unlabeled", "train"]), default="test", show_default=True)
+@click.option("--store", default=None, help="Store URI (default: the one the checkpoint was trained on).")
+@click.option("--out", type=click.Path(dir_okay=False), default="predictions.csv", show_default=True)
+def predict_cmd(checkpoints, split, store, out) -> None:
+    """Predict a split from the store's features with a trained checkpoint.
+
+    \b
+    Example:
+      mer predict --checkpoint runs/quickstart/checkpoints/agt_seed0 --split test --out preds.csv
+    """
+    from mer.train.predict import predict, write_predictions
+
+    path = write_predictions(predict(list(checkpoints), store, split), out)
+    click.echo(f"wrote {path}")
+    click.echo(f"next: mer evaluate {path} --truth <manifest.csv or truth.csv>")
+
+
+@cli.command("evaluate")
+@click.argument("predictions", type=click.Path(dir_okay=False))
+@click.option("--truth", type=click.Path(dir_okay=False), default=None,
+              help="Manifest or sample_id,label CSV (default: manifest.csv/truth.csv beside the predictions).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for metrics.json and confusion_test.png (default: beside the predictions).")
+def evaluate_cmd(predictions, truth, out) -> None:
+    """Weighted F1 (sklearn), accuracy, per-class table and confusion matrix.
+
+    \b
+    Example:
+      mer evaluate preds.csv --truth demo_corpus/manifest.csv --out runs/eval
+    """
+    from mer.report.metrics import evaluate_file, format_table
+
+    metrics = evaluate_file(predictions, truth, out)
+    click.echo(format_table(metrics))
+    click.echo(f"wrote {', '.join(metrics['files'])}")
+    click.echo(f"next: open {metrics['files'][1]}")
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report_cmd(run_dir) -> None:
+    """Write report.md, report.json and plots for a run folder.
+
+    Renders what the stages left there: metrics.json, selftrain.json (rounds,
+    pseudo-labels, WAF per round) and ablation.json (jobs/ablation.yaml).
+
+    \b
+    Example:
+      mer report runs/quickstart
+    """
+    from mer.report.report import build_report
+
+    result = build_report(run_dir)
+    for path in result["files"]:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: open {run_dir}/report.md")
+
+
+_ADDRESS_HELP = "Ray dashboard URL, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)."
+
+
+def _addr_hint(address) -> str:
+    return f" --address {address}" if address else ""
+
+
+def _exit_on_failure(job_id, state, address) -> None:
+    """``--follow`` ends with exit code 1 when the job FAILED or was STOPPED."""
+    click.echo(f"{job_id}: {state}")
+    if state in ("FAILED", "STOPPED"):
+        click.echo(f"next: mer status {job_id}{_addr_hint(address)}", err=True)
+        sys.exit(1)
+
+
+@cli.command("submit", context_settings={"ignore_unknown_options": True})
+@click.argument("job_file", type=click.Path())
+@click.argument("overrides", nargs=-1)
+@click.option("--address", default=None, help=_ADDRESS_HELP)
+@click.option("--working-dir", default=".", show_default=True, type=click.Path(file_okay=False, exists=True),
+              help="Folder shipped with the job (code and job files; data and stores are excluded).")
+@click.option("--follow", is_flag=True, help="Stream the job's logs; exit 1 if it fails or is stopped.")
+@click.option("--entrypoint-cpus", type=float, default=None, help="CPUs reserved for the job's driver process.")
+def submit_cmd(job_file, overrides, address, working_dir, follow, entrypoint_cpus) -> None:
+    """Submit a job YAML to a Ray cluster (validated here first).
+
+    \b
+    Example:
+      mer submit jobs/quickstart.yaml store=s3://bucket/mer --address http://HEAD:8265 --follow
+    """
+    from mer.jobs import manage
+    from mer.jobs.client import resolve_address
+    from mer.jobs.submit import build_submission, is_local_address, submit
+
+    sub = build_submission(job_file, overrides, working_dir)
+    url = resolve_address(address)
+    job_id = submit(sub, url, entrypoint_num_cpus=entrypoint_cpus)
+    click.echo(f"submitted {job_id} ({sub.job.name}) to {url}")
+    click.echo(f"  entrypoint: {sub.entrypoint}")
+    if sub.path_overrides and not is_local_address(url):
+        click.echo("  note: these paths must exist on the cluster (shared filesystem or s3://): "
+                   + " ".join(sub.path_overrides))
+    hint = _addr_hint(address)
+    if follow:
+        try:
+            state = manage.follow(job_id, url)
+        except KeyboardInterrupt:
+            click.echo(f"\nstopped following; the job keeps running. next: mer stop {job_id}{hint}")
+            sys.exit(130)
+        _exit_on_failure(job_id, state, address)
+        click.echo(f"next: results in {sub.job.run_dir} ; store at {sub.job.store}")
+    else:
+        click.echo(f"dashboard: {url}/#/jobs/{job_id}")
+        click.echo(f"next: mer logs {job_id} --follow{hint}   |   mer status {job_id}{hint}   |   mer stop {job_id}{hint}")
+
+
+@cli.command("status")
+@click.argument("job_id")
+@click.option("--address", default=None, help=_ADDRESS_HELP)
+def status_cmd(job_id, address) -> None:
+    """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from mer.jobs import manage
+
+    state, message = manage.status(job_id, address)
+    click.echo(f"{job_id}: {state}" + (f" ({message})" if message else ""))
+    click.echo(f"next: mer logs {job_id}{_addr_hint(address)}")
+
+
+@cli.command("logs")
+@click.argument("job_id")
+@click.option("--address", default=None, help=_ADDRESS_HELP)
+@click.option("--follow", "-f", is_flag=True, help="Stream until the job ends; exit 1 if it fails or is stopped.")
+def logs_cmd(job_id, address, follow) -> None:
+    """Print a submitted job's logs (the driver's stdout and stderr)."""
+    from mer.jobs import manage
+
+    if follow:
+        _exit_on_failure(job_id, manage.follow(job_id, address), address)
+    else:
+        click.echo(manage.logs(job_id, address), nl=False)
+        click.echo(f"next: mer status {job_id}{_addr_hint(address)}")
+
+
+@cli.command("stop")
+@click.argument("job_id")
+@click.option("--address", default=None, help=_ADDRESS_HELP)
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the job to end.")
+def stop_cmd(job_id, address, timeout) -> None:
+    """Stop a running job and wait until it has ended."""
+    from mer.jobs import manage
+
+    click.echo(f"{job_id}: {manage.stop(job_id, address, timeout_s=timeout)}")
+    click.echo(f"next: mer list{_addr_hint(address)}")
+
+
+@cli.command("list")
+@click.option("--address", default=None, help=_ADDRESS_HELP)
+@click.option("--all", "include_all", is_flag=True, help="Include jobs not submitted by mer.")
+def list_cmd(address, include_all) -> None:
+    """Table of mer jobs on the cluster: id, status, start time, job name."""
+    from mer.jobs import manage
+
+    rows = manage.list_jobs(address, include_all=include_all)
+    click.echo(manage.format_table(rows))
+    if rows:
+        click.echo(f"next: mer logs {rows[-1].submission_id}{_addr_hint(address)}")
+    else:
+        click.echo(f"next: mer submit jobs/quickstart.yaml{_addr_hint(address)}")
+
+
+@cli.group()
+def finetune() -> None:
+    """DeepSpeed ZeRO fine-tuning of the extractors (run it as a job stage: ``finetune``)."""
+
+
+@finetune.command("plan")
+@click.option("--model", required=True, help="Shipped name (baichuan-13b), config.json, model folder or hub name.")
+@click.option("--gpus", default=8, show_default=True, help="GPUs in total.")
+@click.option("--gpu-mem", default=80.0, show_default=True, help="GB per GPU.")
+@click.option("--nodes", default=1, show_default=True, help="Nodes the GPUs are spread over.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow hub code when reading a hub config (Baichuan).")
+def finetune_plan(model, gpus, gpu_mem, nodes, trust_remote_code) -> None:
+    """Per-GPU memory of ZeRO-2/ZeRO-3 setups, from DeepSpeed's own estimators.
+
+    \b
+    Example:
+      mer finetune plan --model baichuan-13b --gpus 8 --gpu-mem 80
+    """
+    from mer.finetune.plan import make_plan
+
+    plan = make_plan(model, gpus, gpu_mem, nodes=nodes, trust_remote_code=trust_remote_code)
+    click.echo(plan.table())
+    click.echo("\nDeepSpeed's estimators (model states only; activations come on top):")
+    click.echo(plan.deepspeed_tables.rstrip())
+    click.echo("next: put the chosen zero_optimization block in finetune.deepspeed of jobs/finetune_text.yaml, "
+               "then mer submit jobs/finetune_text.yaml --address <head>")
+
 def main() -> None:
     """Console entry point: one-line errors, exit code 2, no traceback."""
     try:

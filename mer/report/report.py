@@ -1,0 +1,271 @@
+"""The experiment report of a run folder: report.md, report.json and PNG plots.
+
+Renders what the stages left in ``run_dir`` and computes nothing that needs a
+model: ``metrics.json`` (supervised evaluation), ``selftrain.json`` (per-round
+records of the self-training stage) and ``ablation.json`` (cells of the ablation
+runner, one list of per-seed values per metric). A missing file drops its
+section, so the same function reports a quickstart run and a full ablation.
+Every ablation cell is shown as mean +- std over its seeds (sample std, ddof=1;
+a single seed shows no +-).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mer.errors import MerError
+
+# Matplotlib is imported lazily (it takes a second): only plotting needs it.
+AXIS_TITLES = {
+    "fusion": "Fusion (supervised only)",
+    "voting": "Self-training and voting",
+    "threshold": "Pseudo-label threshold sweep",
+    "balance": "Voting on a balanced vs the shifted test set",
+    "corruption": "Audio corruption at test time",
+    "audio_encoder": "Audio encoder swap",
+}
+METRIC_TITLES = {
+    "waf": "test WAF",
+    "added": "pseudo-labels added",
+    "pseudo_accuracy": "pseudo-label acc.",
+}
+FOCUS_CLASSES = ("worried", "sad")
+
+
+class ReportError(MerError):
+    """A run folder with nothing to report."""
+
+
+def mean_std(values: list[float] | None) -> tuple[float, float]:
+    """Mean and sample std (ddof=1; 0 for one value) of the finite values."""
+    vals = [v for v in (values or []) if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return float("nan"), float("nan")
+    arr = np.asarray(vals, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def fmt_mean_std(values: list[float] | None, digits: int = 2, scale: float = 100.0) -> str:
+    """``[0.81, 0.83] -> '82.00 +- 1.41'`` (percent by default); ``-`` when empty."""
+    mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "-"
+    if len(values or []) < 2:
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} +- {std * scale:.{digits}f}"
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _metrics_section(name: str, metrics: dict) -> list[str]:
+    lines = [f"### {name}", "", f"weighted F1 {metrics['weighted_f1'] * 100:.2f}, accuracy {metrics['accuracy'] * 100:.2f}", ""]
+    rows = [
+        [label, f"{m['precision'] * 100:.1f}", f"{m['recall'] * 100:.1f}", f"{m['f1'] * 100:.1f}", str(m["support"])]
+        for label, m in metrics["per_class"].items()
+    ]
+    return lines + _table(["class", "precision", "recall", "F1", "support"], rows) + [""]
+
+
+def _rounds_section(selftrain: dict) -> list[str]:
+    labels = selftrain.get("labels", [])
+    header = ["round", "trained on pseudo-labels", "added", *[f"+{c}" for c in labels], "pseudo acc.", "test WAF (vote)", "per seed"]
+    rows = []
+    for rec in selftrain["rounds"]:
+        per_class = rec.get("added_per_class") or {}
+        acc = rec.get("pseudo_accuracy")
+        rows.append(
+            [
+                str(rec["round"]),
+                str(rec.get("trained_on", 0)),
+                str(rec.get("added", 0)),
+                *[str(per_class.get(c, 0)) for c in labels],
+                "-" if acc is None else f"{acc * 100:.1f}",
+                f"{rec['test_weighted_f1'] * 100:.2f}" if rec.get("test_weighted_f1") is not None else "-",
+                fmt_mean_std(rec.get("test_weighted_f1_per_seed")),
+            ]
+        )
+    cfg = selftrain.get("config", {})
+    intro = (
+        f"run_id `{selftrain.get('run_id')}`; models {cfg.get('models')}, seeds {selftrain.get('seeds')}, "
+        f"voting `{cfg.get('voting')}` (prior classes {cfg.get('prior_classes')}, mode `{cfg.get('prior_mode')}`), "
+        f"threshold {cfg.get('threshold')}; stopped: {selftrain.get('stopped')}."
+    )
+    return ["## Self-training rounds", "", intro, ""] + _table(header, rows) + [""]
+
+
+def _quality_section(selftrain: dict) -> list[str]:
+    """Self-training + voting vs the supervised audio-guided model, per seed."""
+    cmp = selftrain.get("comparison")
+    if not cmp:
+        return []
+    header = ["system", "test WAF", *[f"F1 {c}" for c in FOCUS_CLASSES]]
+    rows = [
+        [name, fmt_mean_std(cell.get("waf")), *[fmt_mean_std(cell.get(f"f1_{c}")) for c in FOCUS_CLASSES]]
+        for name, cell in cmp.items()
+    ]
+    names = list(cmp)
+    lines = ["## Self-training vs supervised", "", "Mean +- std over seeds (percent)."]
+    if len(names) >= 2:
+        base, best = mean_std(cmp[names[0]].get("waf"))[0], mean_std(cmp[names[-1]].get("waf"))[0]
+        if not (math.isnan(base) or math.isnan(best)):
+            lines.append(f"`{names[-1]}` vs `{names[0]}`: {(best - base) * 100:+.2f} WAF points.")
+    return lines + [""] + _table(header, rows) + [""]
+
+
+def _ablation_section(ablation: dict) -> list[str]:
+    lines = ["## Ablations", "", f"Each cell: mean +- std over seeds {ablation.get('seeds')} (percent, counts raw)."]
+    for note in ablation.get("notes", []):
+        lines.append(f"- {note}")
+    lines.append("")
+    for axis, cells in ablation.get("axes", {}).items():
+        lines += [f"### {AXIS_TITLES.get(axis, axis)}", ""]
+        if not cells:
+            lines += ["(not run)", ""]
+            continue
+        metrics: list[str] = []
+        for cell in cells:
+            metrics += [k for k, v in cell.items() if isinstance(v, list) and k not in metrics]
+        header = ["variant", *[METRIC_TITLES.get(m, m.replace("_", " ")) for m in metrics]]
+        rows = [
+            [cell["variant"], *[fmt_mean_std(cell.get(m), scale=1.0 if m == "added" else 100.0, digits=1 if m == "added" else 2) for m in metrics]]
+            for cell in cells
+        ]
+        lines += _table(header, rows) + [""]
+    return lines
+
+
+def _summarise_ablation(ablation: dict) -> dict:
+    out = {}
+    for axis, cells in ablation.get("axes", {}).items():
+        out[axis] = {
+            cell["variant"]: {k: dict(zip(("mean", "std"), mean_std(v))) for k, v in cell.items() if isinstance(v, list)}
+            for cell in cells
+        }
+    return out
+
+
+def plot_rounds(selftrain: dict, out_dir: Path) -> list[Path]:
+    """WAF per round, and pseudo-labels added + their accuracy per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = selftrain["rounds"]
+    xs = [r["round"] for r in rounds]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    waf = [r.get("test_weighted_f1") for r in rounds]
+    ax.plot(xs, [np.nan if w is None else w * 100 for w in waf], marker="o", label="vote (seed ensemble)")
+    seeds = [mean_std(r.get("test_weighted_f1_per_seed")) for r in rounds]
+    if any(not math.isnan(m) for m, _ in seeds):
+        ax.errorbar(xs, [m * 100 for m, _ in seeds], yerr=[s * 100 for _, s in seeds], marker="s", capsize=3, label="vote per seed (mean +- std)")
+    ax.set(xlabel="round (0 = supervised)", ylabel="test weighted F1 (%)", title="Test WAF per round")
+    ax.set_xticks(xs)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "waf_per_round.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(xs, [r.get("added", 0) for r in rounds], color="tab:blue", alpha=0.7)
+    ax.set(xlabel="round", ylabel="pseudo-labels added", title="Pseudo-labels per round")
+    ax.set_xticks(xs)
+    accs = [r.get("pseudo_accuracy") for r in rounds]
+    if any(a is not None for a in accs):
+        ax2 = ax.twinx()
+        ax2.plot(xs, [np.nan if a is None else a * 100 for a in accs], color="tab:red", marker="o")
+        ax2.set_ylabel("accuracy vs hidden truth (%)", color="tab:red")
+        ax2.set_ylim(0, 100)
+    fig.tight_layout()
+    paths.append(out_dir / "pseudo_labels_per_round.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def build_report(run_dir: str | Path) -> dict:
+    """Write ``report.md``, ``report.json`` and plots into ``run_dir``.
+
+    Args:
+        run_dir: a run folder (``mer run`` output or an ablation run).
+
+    Returns:
+        The report dict written to ``report.json`` (its ``files`` lists what was written).
+
+    Raises:
+        ReportError: the folder has none of metrics.json, selftrain.json, ablation.json.
+    """
+    from mer.report.metrics import plot_confusion
+
+    run_dir = Path(run_dir)
+    metrics = _read_json(run_dir / "metrics.json")
+    selftrain = _read_json(run_dir / "selftrain.json")
+    ablation = _read_json(run_dir / "ablation.json")
+    if metrics is None and selftrain is None and ablation is None:
+        raise ReportError(f"{run_dir}: nothing to report (no metrics.json, selftrain.json or ablation.json; run the evaluate/selftrain stages first)")
+
+    name = (selftrain or ablation or {}).get("name") or run_dir.name
+    lines = [f"# Report: {name}", "", f"Run folder `{run_dir}`.", ""]
+    report: dict[str, Any] = {"name": name, "run_dir": str(run_dir), "files": []}
+    plots: list[Path] = []
+
+    candidates = [("evaluate stage (metrics.json)", metrics)]
+    if selftrain:
+        candidates += [
+            ("train stage (predictions_test_supervised.csv)", selftrain.get("train_stage")),
+            ("supervised vote of the self-training models (round 0)", selftrain.get("supervised")),
+            ("self-training final vote (predictions_test.csv)", selftrain.get("final")),
+        ]
+    summary = [[name, f"{m['weighted_f1'] * 100:.2f}", f"{m['accuracy'] * 100:.2f}"] for name, m in candidates if m]
+    if summary:
+        lines += ["## Summary", ""] + _table(["system", "test WAF", "accuracy"], summary) + [""]
+
+    confusions = []
+    if selftrain:
+        lines += _rounds_section(selftrain) + _quality_section(selftrain)
+        plots += plot_rounds(selftrain, run_dir)
+        report["selftrain"] = {k: selftrain.get(k) for k in ("run_id", "rounds", "stopped", "comparison", "config")}
+        if selftrain.get("supervised"):
+            confusions.append(("supervised vote (round 0)", selftrain["supervised"], "confusion_supervised.png"))
+        if selftrain.get("final"):
+            confusions.append(("self-training final vote", selftrain["final"], "confusion_selftrain.png"))
+    elif metrics:
+        confusions.append(("supervised", metrics, "confusion_test.png"))
+
+    if confusions:
+        lines += ["## Per-class results", ""]
+        for title, m, png in confusions:
+            lines += _metrics_section(title, m)
+            plot_confusion(m, run_dir / png)
+            plots.append(run_dir / png)
+        report["per_class"] = {title: m["per_class"] for title, m, _ in confusions}
+
+    if ablation:
+        lines += _ablation_section(ablation)
+        report["ablation"] = _summarise_ablation(ablation)
+
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    report["files"] = [str(p) for p in plots] + [str(run_dir / "report.md"), str(run_dir / "report.json")]
+    (run_dir / "report.md").write_text("\n".join(lines))
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    return report

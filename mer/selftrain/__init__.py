@@ -1,0 +1,1 @@
+"""Self-training: rounds of multi-model pseudo-labels resolved by a prior-knowledge vote."""

@@ -1,0 +1,234 @@
+"""The ablation runner behind ``jobs/ablation.yaml``: trains every cell, writes ablation.json.
+
+``mer/report`` only renders; this module trains (through ``mer.train`` and the
+self-training rounds), so it lives where Ray may be used. Every cell is a list of
+per-seed values (``train.seeds``) that the report shows as mean +- std. Variants
+are the base job with a few keys overridden; they run in
+``run_dir/ablation/<variant>/`` and share one fit cache
+(``run_dir/selftrain/fits``), so the supervised fits of round 0 are trained once
+for every voting / threshold variant.
+
+Axes (``report`` section of the job):
+
+* ``fusion``: ``report.fusion_models`` (+ the audio-only model), supervised only.
+* ``voting``: supervised vote, + self-training with majority vote, + prior vote.
+* ``threshold``: prior-vote self-training at each ``report.thresholds``: labels
+  added, their accuracy against ``truth``, test WAF.
+* ``balance``: the voting variants again on ``report.balanced_manifest`` (a corpus
+  with a balanced test split, e.g. ``mer demo-data --balanced-test``), extracted
+  into its own store ``<store>_balanced`` because demo sample ids repeat.
+* ``corruption``: the supervised fusion models evaluated on the test split with
+  white noise at ``report.snr_db`` dB SNR and with the audio removed. The
+  corrupted test audio is written as WAV files beside a test-only manifest and
+  extracted into its own store ``<store>_<condition>`` with the *same* encoder
+  specs, so the feature tables have the same names and the trained checkpoints
+  read them unchanged; "audio removed" extracts no audio role at all.
+* ``audio_encoder``: ``report.audio_encoders`` swapped in for ``encoders.audio``
+  (a new feature table each), supervised AGT and audio-only model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mer.config import EncoderSpec, Job, job_from_dict
+from mer.selftrain.rounds import _cell, _score, fit_cached, predict_cached, run_rounds, split_truth
+
+NOISE_SEED = 1234
+
+
+def variant(job: Job, name: str, **overrides) -> Job:
+    """The job with ``key=value`` overrides, running in ``run_dir/ablation/<name>``."""
+    data = dataclasses.asdict(job)
+    pairs = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    base = Path(job.run_dir)
+    out = job_from_dict(data, [*pairs, f"run_dir={json.dumps(str(base / 'ablation' / name))}"])
+    return out
+
+
+def supervised_cells(job: Job, models: list[str], fits_dir: Path, store: str | None = None) -> dict[str, dict]:
+    """Per-seed test metrics of models trained on the labeled split only."""
+    truth = split_truth(job, "test")
+    out = {}
+    for model in models:
+        scores = []
+        for seed in job.train.seeds:
+            ckpt = fit_cached(job, model, seed, None, fits_dir)
+            pred = predict_cached(ckpt, job.store, "test") if store is None else _predict_uncached(ckpt, store)
+            scores.append(_score(pred, truth, job.labels))
+        out[model] = _cell(scores)
+    return out
+
+
+def _predict_uncached(checkpoint: Path, store: str) -> pd.DataFrame:
+    from mer.train.predict import predict
+
+    return predict(checkpoint, store, "test")
+
+
+def selftrain_cell(summary: dict) -> dict:
+    """Final per-seed vote metrics plus labels added and their accuracy."""
+    rounds = summary["rounds"]
+    cell = dict(rounds[-1]["vote_per_seed"])
+    added = sum(r["added"] for r in rounds)
+    cell["added"] = [float(added)]
+    hits = [r["pseudo_accuracy"] * r["added"] for r in rounds if r.get("pseudo_accuracy") is not None]
+    if hits:
+        cell["pseudo_accuracy"] = [sum(hits) / max(added, 1)]
+    return cell
+
+
+def voting_cells(job: Job, fits_dir: Path, tag: str, echo) -> list[dict]:
+    """Supervised vote, + self-training (majority), + prior voting on one corpus."""
+    cells = []
+    for voting in ("majority", "prior"):
+        var = variant(job, f"{tag}{voting}", **{"selftrain.voting": voting})
+        summary = run_rounds(var, echo=echo, fits_dir=fits_dir)
+        if voting == "majority":
+            cells.append({"variant": f"{tag}supervised vote (majority, round 0)", **summary["rounds"][0]["vote_per_seed"]})
+        label = "+ self-training (majority vote)" if voting == "majority" else "+ prior-knowledge voting"
+        cells.append({"variant": f"{tag}{label}", **selftrain_cell(summary)})
+    return cells
+
+
+def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """White noise at ``snr_db`` dB SNR relative to the clip's own power."""
+    power = float(np.mean(wave.astype(np.float64) ** 2)) or 1e-12
+    noise = rng.standard_normal(wave.shape) * np.sqrt(power / 10 ** (snr_db / 10))
+    return np.clip(wave + noise, -1.0, 1.0).astype(np.float32)
+
+
+def corrupted_job(job: Job, condition: str, snr_db: float | None) -> Job:
+    """A test-only job whose audio is noisy (``snr_db``) or absent (None), in its own store."""
+    from scipy.io import wavfile
+
+    from mer.corpus.manifest import read_manifest
+    from mer.corpus.media import load_audio
+    from mer.encoders.base import audio_path
+
+    out = Path(job.run_dir) / "ablation" / f"corrupt_{condition}"
+    media = out / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    test = read_manifest(job.manifest)
+    test = test[test["split"] == "test"].copy()
+    if snr_db is not None:
+        rng = np.random.default_rng(NOISE_SEED)
+        paths = []
+        for row in test.to_dict("records"):
+            path = media / f"{row['sample_id']}.wav"
+            if not path.exists():
+                wavfile.write(path, 16000, add_noise(load_audio(audio_path(row), sr=16000), snr_db, rng))
+            paths.append(str(path.resolve()))
+        test["audio"] = paths
+    test.to_csv(out / "manifest.csv", index=False)
+    roles = [r for r in job.encoders if snr_db is not None or r != "audio"]
+    return job_from_dict(
+        dataclasses.asdict(job),
+        [
+            f"manifest={json.dumps(str(out / 'manifest.csv'))}",
+            f"store={json.dumps(str(job.store).rstrip('/') + '_' + condition)}",
+            f"run_dir={json.dumps(str(out))}",
+            f"extract.roles={json.dumps(roles)}",
+        ],
+    )
+
+
+def _empty_audio_table(job: Job, store_uri: str) -> None:
+    """An audio table with the trained-on name and schema but no rows: every test clip lacks audio."""
+    from mer.encoders import encoder_version
+    from mer.store import open_store, table_name
+
+    name = table_name(job.encoders["audio"].alias, encoder_version(job.encoders["audio"]))
+    schema = open_store(job.store).db.open_table(name).schema
+    open_store(store_uri).db.create_table(name, schema=schema, exist_ok=True)
+
+
+def corruption_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
+    """Supervised AGT vs attention on clean, noisy and audio-less test features."""
+    from mer.extract.stage import run as extract
+
+    models = [m for m in ("agt", "attention") if m in job.report.fusion_models] or job.report.fusion_models[:2]
+    conditions = [("clean", None)] + [(f"snr{s:g}db", s) for s in job.report.snr_db] + [("no_audio", None)]
+    cells = []
+    for name, snr in conditions:
+        store = None
+        if name != "clean":
+            cjob = corrupted_job(job, name, snr)
+            echo(f"   ablation: extract corrupted test split '{name}' -> {cjob.store}")
+            extract(cjob)
+            if snr is None:
+                _empty_audio_table(job, cjob.store)
+            store = cjob.store
+        for model, cell in supervised_cells(job, models, fits_dir, store=store).items():
+            cells.append({"variant": f"{model}, {name.replace('_', ' ')}", **cell})
+    return cells
+
+
+def encoder_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
+    """Supervised AGT and audio-only model with each alternative audio encoder."""
+    from mer.extract.stage import run as extract
+
+    cells = []
+    for spec in [job.encoders.get("audio"), *job.report.audio_encoders]:
+        spec = spec if isinstance(spec, dict) else dataclasses.asdict(spec) if isinstance(spec, EncoderSpec) else {"alias": spec}
+        var = variant(job, f"audio_{spec['alias']}", **{"encoders.audio": spec, "extract.roles": ["audio"]})
+        if spec != dataclasses.asdict(job.encoders["audio"]):
+            echo(f"   ablation: extract audio with {spec['alias']}")
+            extract(var)
+        for model, cell in supervised_cells(var, ["agt", "unimodal"], fits_dir).items():
+            cells.append({"variant": f"{spec['alias']}: {model}", **cell})
+    return cells
+
+
+def run(job: Job, echo=print) -> dict:
+    """Train every ablation cell of ``job`` and write ``run_dir/ablation.json``."""
+    fits_dir = Path(job.run_dir) / "selftrain" / "fits"
+    rep = job.report
+    axes: dict[str, list[dict]] = {}
+    notes = []
+
+    echo("   ablation: fusion (supervised)")
+    fusion = supervised_cells(job, [*rep.fusion_models, "unimodal"], fits_dir)
+    axes["fusion"] = [{"variant": m if m != "unimodal" else f"unimodal ({job.train.unimodal_role})", **c} for m, c in fusion.items()]
+
+    echo("   ablation: self-training and voting")
+    base = job.train.model
+    axes["voting"] = [{"variant": f"supervised {base}", **fusion.get(base, {})}, *voting_cells(job, fits_dir, "", echo)]
+
+    echo("   ablation: threshold sweep")
+    axes["threshold"] = []
+    for tau in rep.thresholds:
+        var = variant(job, f"tau{tau}", **{"selftrain.threshold": tau, "selftrain.voting": "prior"})
+        axes["threshold"].append({"variant": f"tau = {tau}", **selftrain_cell(run_rounds(var, echo=echo, fits_dir=fits_dir))})
+
+    axes["balance"] = []
+    if rep.balanced_manifest:
+        echo("   ablation: balanced test set")
+        from mer.extract.stage import run as extract
+
+        bal = variant(job, "balanced", manifest=rep.balanced_manifest, store=str(job.store).rstrip("/") + "_balanced")
+        extract(bal)
+        bal_fits = Path(bal.run_dir) / "fits"
+        shifted = [dict(c, variant=f"shifted: {c['variant']}") for c in axes["voting"]]
+        balanced = [{"variant": f"balanced: supervised {base}", **supervised_cells(bal, [base], bal_fits)[base]}]
+        axes["balance"] = shifted + balanced + voting_cells(bal, bal_fits, "balanced: ", echo)
+    else:
+        notes.append("balance: set report.balanced_manifest (mer demo-data OUT --balanced-test) to run it")
+
+    echo("   ablation: audio corruption")
+    axes["corruption"] = corruption_cells(job, fits_dir, echo)
+
+    if rep.audio_encoders:
+        echo("   ablation: audio encoder swap")
+        axes["audio_encoder"] = encoder_cells(job, fits_dir, echo)
+    else:
+        notes.append("audio_encoder: list alternatives in report.audio_encoders to run it")
+
+    result = {"name": job.name, "seeds": list(job.train.seeds), "labels": job.labels, "axes": axes, "notes": notes}
+    (Path(job.run_dir) / "ablation.json").write_text(json.dumps(result, indent=2, default=float))
+    return {"axes": {k: len(v) for k, v in axes.items()}, "output": f"{job.run_dir}/ablation.json"}

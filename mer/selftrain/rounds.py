@@ -1,0 +1,325 @@
+"""Self-training rounds: train K models x seeds, pseudo-label the unlabeled split, retrain.
+
+Round ``r`` (0 .. ``selftrain.rounds``) trains every model in ``selftrain.models``
+for every seed in ``train.seeds`` on the labeled train split plus the
+pseudo-labels accepted in rounds ``< r`` (round 0 is the supervised system).
+Rounds before the last then predict the still-unlabeled samples, vote
+(``mer.selftrain.voting``) and write the accepted labels to the store's
+``pseudo_labels`` table with ``round = r``. A label, once accepted, stays: later
+rounds vote only on samples that have none yet (our choice; the paper does not
+say). The loop stops after the last round, or right after a round whose vote
+adds fewer than ``selftrain.min_new`` labels: that round's models are final.
+
+Every round also predicts the test split with the same vote (threshold
+``selftrain.test_threshold``; a sample still without a label takes the arg-max
+of the mean probability) and records test weighted F1, for the seed ensemble
+and per seed, so the report can plot WAF per round.
+
+Work is cached by content, which makes the stage resumable and lets the
+ablation runner share it: a fit lives in ``fits/<model>_s<seed>_<key>/`` where
+the key hashes the training config, encoders, manifest, store and the exact
+pseudo-labels it trained on; a finished round leaves ``round_<r>/done.json`` and
+``round_<r>/pseudo_labels.csv``, and a rerun reuses both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mer.config import Job
+from mer.errors import MerError
+from mer.selftrain.voting import average_seeds, prob_columns, vote
+
+FOCUS_CLASSES = ("worried", "sad")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_id(job: Job) -> str:
+    """Stable id of a self-training run: the job name plus a hash of what shapes its labels."""
+    return f"{job.name}-{_digest(_fingerprint(job, selftrain=True))[:8]}"
+
+
+def _fingerprint(job: Job, selftrain: bool = False) -> dict:
+    train = dataclasses.asdict(job.train)
+    train.pop("seeds")
+    out = {
+        "train": train,
+        "encoders": {r: dataclasses.asdict(s) for r, s in sorted(job.encoders.items())},
+        "labels": job.labels,
+        "manifest": str(job.manifest),
+        "store": str(job.store),
+    }
+    if selftrain:
+        out["selftrain"] = dataclasses.asdict(job.selftrain)
+        out["seeds"] = job.train.seeds
+    return out
+
+
+def fit_cached(job: Job, model: str, seed: int, extra: pd.DataFrame | None, fits_dir: Path) -> Path:
+    """Train one model/seed on train + ``extra`` unless that exact fit is on disk."""
+    from mer.train.fit import fit
+
+    labels_key = [] if extra is None else sorted(zip(extra["sample_id"].astype(str), extra["label"].astype(str)))
+    key = _digest([_fingerprint(job), model, seed, labels_key])[:12]
+    out_dir = fits_dir / f"{model}_s{seed}_{key}"
+    done = out_dir / "done.json"
+    if done.exists():
+        return Path(json.loads(done.read_text())["checkpoint"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra_labels = None if extra is None or extra.empty else extra[["sample_id", "label"]].reset_index(drop=True)
+    checkpoint = Path(fit(job, model, seed, out_dir, extra_labels=extra_labels))
+    done.write_text(json.dumps({"checkpoint": str(checkpoint), "model": model, "seed": seed, "pseudo_labels": len(labels_key)}))
+    return checkpoint
+
+
+def predict_cached(checkpoint: Path, store: str, split: str) -> pd.DataFrame:
+    """Predictions of one checkpoint on one split, kept beside the checkpoint."""
+    from mer.train.predict import predict
+
+    path = checkpoint / f"predictions_{split}.csv"
+    if path.exists():
+        return pd.read_csv(path, dtype={"sample_id": str})
+    df = predict(checkpoint, store, split)
+    df.to_csv(path, index=False)
+    return df
+
+
+def split_truth(job: Job, split: str = "test") -> pd.DataFrame | None:
+    """``sample_id,label`` of a labeled split from the manifest (None when it has no labels)."""
+    from mer.corpus.manifest import read_manifest
+
+    df = read_manifest(job.manifest)
+    df = df[(df["split"] == split) & df["label"].notna() & (df["label"].astype(str) != "")]
+    return None if df.empty else df[["sample_id", "label"]].astype(str).reset_index(drop=True)
+
+
+def read_truth(path: str | None) -> pd.DataFrame | None:
+    """Hidden labels of the unlabeled split (``job.truth``), for reporting only."""
+    if not path:
+        return None
+    if not Path(path).exists():
+        raise MerError(f"truth: {path}: no such file")
+    df = pd.read_csv(path, dtype=str)
+    if not {"sample_id", "label"} <= set(df.columns):
+        raise MerError(f"truth: {path}: needs columns sample_id,label")
+    return df[["sample_id", "label"]]
+
+
+def vote_kwargs(job: Job) -> dict:
+    """The job's voting settings as keyword arguments of ``voting.vote``."""
+    st = job.selftrain
+    return {
+        "voting": st.voting,
+        "prior_classes": st.prior_classes,
+        "audio_model": st.audio_model if st.voting == "prior" else None,
+        "prior_mode": st.prior_mode,
+    }
+
+
+def vote_test(job: Job, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Final-style prediction on a split: the vote, soft arg-max where it gives no label.
+
+    Returns ``sample_id,label,p_<label>...`` (probabilities = mean over models),
+    the predictions CSV format.
+    """
+    cols = prob_columns(job.labels)
+    voted = vote(tables, job.labels, tau=job.selftrain.test_threshold, keep_unlabeled=True, **vote_kwargs(job))
+    mean = average_seeds(list(tables.values()), job.labels)
+    out = mean.merge(voted[["sample_id", "label"]].rename(columns={"label": "voted"}), on="sample_id", how="left")
+    out["label"] = out["voted"].where(out["voted"].notna(), out["label"])
+    return out[["sample_id", "label", *cols]]
+
+
+def _score(pred: pd.DataFrame, truth: pd.DataFrame | None, labels: list[str]) -> dict | None:
+    if truth is None:
+        return None
+    from mer.report.metrics import evaluate
+
+    return evaluate(pred, truth, labels)
+
+
+def _cell(metrics: list[dict | None]) -> dict:
+    """Per-seed metric dicts -> lists the report shows as mean +- std."""
+    ok = [m for m in metrics if m]
+    cell = {"waf": [m["weighted_f1"] for m in ok]}
+    for c in FOCUS_CLASSES:
+        if ok and c in ok[0]["per_class"]:
+            cell[f"f1_{c}"] = [m["per_class"][c]["f1"] for m in ok]
+    return cell
+
+
+def run_rounds(
+    job: Job,
+    echo: Callable[[str], None] = print,
+    on_round: Callable[[dict], None] | None = None,
+    fits_dir: Path | None = None,
+) -> dict:
+    """Run (or resume) the self-training rounds of ``job``; write selftrain.json.
+
+    Args:
+        job: the job; reads ``selftrain``, ``train.seeds``, ``store``, ``truth``.
+        echo: progress printer.
+        on_round: called with each round's record (the stage publishes metrics).
+        fits_dir: fit cache (default ``run_dir/selftrain/fits``); the ablation
+            runner shares one between its variants.
+
+    Returns:
+        The dict written to ``run_dir/selftrain.json``.
+    """
+    from mer.store import open_store
+
+    st = job.selftrain
+    if st.voting == "prior" and st.audio_model not in st.models:
+        raise MerError(f"selftrain.audio_model: '{st.audio_model}' is not in selftrain.models {st.models}")
+    if st.voting == "prior" and st.audio_model == "unimodal" and job.train.unimodal_role != "audio":
+        raise MerError(f"selftrain: prior voting trusts the audio model, but train.unimodal_role is '{job.train.unimodal_role}'")
+    rid = run_id(job)
+    root = Path(job.run_dir) / "selftrain"
+    fits_dir, run_root = Path(fits_dir or root / "fits"), root / rid
+    store = open_store(job.store)
+    test_truth = split_truth(job, "test")
+    hidden = read_truth(job.truth)
+    seeds = list(job.train.seeds)
+
+    accepted = pd.DataFrame(columns=["sample_id", "label", "confidence", "votes", "round"])
+    records, final_pred, stopped = [], None, "rounds"
+    for r in range(st.rounds + 1):
+        rdir = run_root / f"round_{r}"
+        done = rdir / "done.json"
+        labels_csv = rdir / "pseudo_labels.csv"
+        if done.exists():
+            record = json.loads(done.read_text())
+            new = pd.read_csv(labels_csv, dtype={"sample_id": str, "label": str, "votes": str}, keep_default_na=False)
+            _ensure_stored(store, rid, r, new)
+            echo(f"   round {r}: reused ({record['added']} pseudo-labels)")
+        else:
+            rdir.mkdir(parents=True, exist_ok=True)
+            record, new = _one_round(job, r, rdir, accepted, fits_dir, test_truth, hidden, echo)
+            new.to_csv(labels_csv, index=False)
+            _ensure_stored(store, rid, r, new)
+            done.write_text(json.dumps(record, indent=2))
+        records.append(record)
+        if on_round:
+            on_round({**record, "run_id": rid})
+        if len(new):
+            accepted = pd.concat([accepted, new.assign(round=r)], ignore_index=True)
+        final_pred = rdir / "predictions_test.csv"
+        if r < st.rounds and record["added"] < st.min_new:
+            stopped = f"round {r} added {record['added']} < min_new {st.min_new}"
+            break
+
+    summary = _summarise(job, rid, records, stopped, seeds)
+    _write_outputs(job, summary, final_pred, test_truth)
+    store.log_run(rid, job.to_yaml(), {k: summary[k] for k in ("rounds", "stopped", "comparison")})
+    return summary
+
+
+def _one_round(job, r, rdir, accepted, fits_dir, test_truth, hidden, echo) -> tuple[dict, pd.DataFrame]:
+    """Fit every model x seed on train + ``accepted``; score test; vote on the rest of unlabeled."""
+    st = job.selftrain
+    extra = None if accepted.empty else accepted[["sample_id", "label"]]
+    ckpts = {}
+    for model in st.models:
+        for seed in job.train.seeds:
+            echo(f"   round {r}: fit {model} seed {seed} on train + {0 if extra is None else len(extra)} pseudo-labels")
+            ckpts[(model, seed)] = fit_cached(job, model, seed, extra, fits_dir)
+
+    def tables(split, seeds):
+        return {m: average_seeds([predict_cached(ckpts[(m, s)], job.store, split) for s in seeds], job.labels) for m in st.models}
+
+    test_tables = tables("test", job.train.seeds)
+    test_pred = vote_test(job, test_tables)
+    test_pred.to_csv(rdir / "predictions_test.csv", index=False)
+    metrics = _score(test_pred, test_truth, job.labels)
+    per_seed = [_score(vote_test(job, tables("test", [s])), test_truth, job.labels) for s in job.train.seeds]
+    per_model = {
+        m: _cell([_score(predict_cached(ckpts[(m, s)], job.store, "test"), test_truth, job.labels) for s in job.train.seeds])
+        for m in st.models
+    }
+    record = {
+        "round": r,
+        "trained_on": 0 if extra is None else len(extra),
+        "test_weighted_f1": None if metrics is None else metrics["weighted_f1"],
+        "test_metrics": metrics,
+        "test_weighted_f1_per_seed": [m["weighted_f1"] for m in per_seed if m],
+        "vote_per_seed": _cell(per_seed),
+        "models": per_model,
+        "added": 0,
+        "added_per_class": dict.fromkeys(job.labels, 0),
+        "pseudo_accuracy": None,
+    }
+    new = pd.DataFrame(columns=["sample_id", "label", "confidence", "votes"])
+    if r < st.rounds:
+        unl = tables("unlabeled", job.train.seeds)
+        taken = set(accepted["sample_id"].astype(str))
+        unl = {m: t[~t["sample_id"].astype(str).isin(taken)] for m, t in unl.items()}
+        new = vote(unl, job.labels, tau=st.threshold, **vote_kwargs(job))
+        counts = new["label"].value_counts()
+        record["added"] = len(new)
+        record["added_per_class"] = {c: int(counts.get(c, 0)) for c in job.labels}
+        if hidden is not None and len(new):
+            joined = new.merge(hidden, on="sample_id", suffixes=("", "_true"))
+            record["pseudo_accuracy"] = float((joined["label"] == joined["label_true"]).mean()) if len(joined) else None
+            for c in FOCUS_CLASSES:
+                sub = joined[joined["label"] == c]
+                record[f"pseudo_precision_{c}"] = float((sub["label_true"] == c).mean()) if len(sub) else None
+    echo(f"   round {r}: test WAF {record['test_weighted_f1']}, added {record['added']} pseudo-labels")
+    return record, new
+
+
+def _ensure_stored(store, rid: str, r: int, labels: pd.DataFrame) -> None:
+    """Write a round's labels to ``pseudo_labels`` once (a rerun finds them there)."""
+    if labels.empty or len(store.read_pseudo_labels(rid, round=r)):
+        return
+    store.write_pseudo_labels(labels[["sample_id", "label", "confidence", "votes"]].assign(run_id=rid, round=r))
+
+
+def _summarise(job: Job, rid: str, records: list[dict], stopped: str, seeds: list[int]) -> dict:
+    base_model = job.train.model if job.train.model in job.selftrain.models else job.selftrain.models[0]
+    first, last = records[0], records[-1]
+    comparison = {
+        f"supervised {base_model}": first["models"].get(base_model, {}),
+        "supervised vote (round 0)": first["vote_per_seed"],
+        f"self-trained {base_model} (round {last['round']})": last["models"].get(base_model, {}),
+        f"self-training + {job.selftrain.voting} vote (round {last['round']})": last["vote_per_seed"],
+    }
+    return {
+        "name": job.name,
+        "run_id": rid,
+        "labels": job.labels,
+        "seeds": seeds,
+        "config": dataclasses.asdict(job.selftrain),
+        "stopped": stopped,
+        "rounds": [{k: v for k, v in rec.items() if k != "test_metrics"} for rec in records],
+        "supervised": first["test_metrics"],
+        "final": last["test_metrics"],
+        "comparison": comparison,
+    }
+
+
+def _write_outputs(job: Job, summary: dict, final_pred: Path, test_truth) -> None:
+    """predictions_test.csv becomes the self-trained vote; the supervised one is kept aside."""
+    run_dir = Path(job.run_dir)
+    current, kept = run_dir / "predictions_test.csv", run_dir / "predictions_test_supervised.csv"
+    if current.exists() and not kept.exists():
+        current.rename(kept)
+    if kept.exists():
+        summary["train_stage"] = _score(pd.read_csv(kept, dtype={"sample_id": str}), test_truth, job.labels)
+    current.write_bytes(final_pred.read_bytes())
+    (run_dir / "selftrain.json").write_text(json.dumps(summary, indent=2, default=float))
+
+
+def per_class_f1(summary: dict) -> dict[str, float]:
+    """Per-class F1 of the final vote (for quick checks and the CLI)."""
+    final = summary.get("final") or {}
+    return {c: float(np.round(m["f1"], 4)) for c, m in final.get("per_class", {}).items()}

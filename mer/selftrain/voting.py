@@ -1,0 +1,191 @@
+"""Pseudo-label voting over several models' probability tables (pure numpy/pandas).
+
+The paper (arXiv 2409.05007, section on self-training) keeps a model's label on an
+unlabeled clip when its probability is above 0.9 and resolves the models with a
+prior-knowledge vote: for the classes the test set has far more of than the
+training set (worried and sad) the HuBERT/audio model is trusted, otherwise the
+majority wins. It is silent on the rest; our choices, each named here and in the
+README's paper mapping:
+
+* **Confident vote.** A model votes for its arg-max label only where its maximum
+  probability is strictly greater than ``tau``. A model's probability is the mean
+  over its seeds (``average_seeds``) before the vote, so seeds are one voter.
+* **prior** (``voting="prior"``). Where the audio model is confident and its label
+  is a prior class, that label wins. ``prior_mode="override"`` (default) lets it
+  win even against a confident majority for another class (the paper's phrase
+  "the audio model is trusted" read literally); ``prior_mode="unless_majority"``
+  lets a strict majority (> half) of the confident models overrule it. A prior
+  class proposed by the majority but not by the audio model is kept (the prior
+  adds trust to the audio model; it does not veto the others). Everything else
+  falls to the majority rule.
+* **majority** (``voting="majority"``). The label with most confident votes wins.
+  A tie is broken by the mean probability of the tied labels over *all* models
+  (confident or not), then by the label order of the job. One confident model
+  alone is a majority of one.
+* **soft** (``voting="soft"``). Mean probability over all models; its arg-max is
+  kept where the mean is > ``tau``.
+* No confident vote -> no label. ``confidence`` is the mean probability of the
+  winning label over the models that voted for it (soft: over all models).
+* A sample absent from a model's table gets no vote from that model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mer.errors import MerError
+
+VOTING_RULES = ("prior", "majority", "soft")
+PRIOR_MODES = ("override", "unless_majority")
+
+
+class VotingError(MerError, ValueError):
+    """Voting asked for something the tables or the config cannot give."""
+
+
+def prob_columns(labels: Sequence[str]) -> list[str]:
+    """``["sad", ...]`` -> ``["p_sad", ...]`` (the predictions CSV columns)."""
+    return [f"p_{label}" for label in labels]
+
+
+def average_seeds(tables: Sequence[pd.DataFrame], labels: Sequence[str]) -> pd.DataFrame:
+    """Mean probability table of one model's seeds, aligned on ``sample_id``.
+
+    Args:
+        tables: prediction tables of the same model (one per seed).
+        labels: label set; the tables need ``p_<label>`` for each.
+
+    Returns:
+        ``sample_id`` + ``p_<label>`` columns, with ``label`` the arg-max.
+    """
+    if not tables:
+        raise VotingError("average_seeds: no prediction tables")
+    cols = prob_columns(labels)
+    stacked = pd.concat([t[["sample_id", *cols]] for t in tables], ignore_index=True)
+    mean = stacked.groupby("sample_id", sort=True)[cols].mean().reset_index()
+    mean.insert(1, "label", np.asarray(labels, dtype=object)[mean[cols].to_numpy().argmax(axis=1)])
+    return mean
+
+
+def _stack(tables: Mapping[str, pd.DataFrame], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Align every model's table on the union of sample ids -> (ids, P[K, N, C])."""
+    cols = prob_columns(labels)
+    for name, table in tables.items():
+        missing = [c for c in ["sample_id", *cols] if c not in table.columns]
+        if missing:
+            raise VotingError(f"model '{name}': probability table lacks column '{missing[0]}'")
+        if table["sample_id"].duplicated().any():
+            raise VotingError(f"model '{name}': duplicate sample_id in probability table")
+    ids = sorted(set().union(*(t["sample_id"].astype(str) for t in tables.values())))
+    probs = np.stack(
+        [
+            t.assign(sample_id=t["sample_id"].astype(str)).set_index("sample_id")[cols].reindex(ids).to_numpy(float)
+            for t in tables.values()
+        ]
+    )
+    return np.asarray(ids, dtype=object), probs
+
+
+def vote(
+    tables: Mapping[str, pd.DataFrame],
+    labels: Sequence[str],
+    tau: float = 0.9,
+    voting: str = "prior",
+    prior_classes: Sequence[str] = ("worried", "sad"),
+    audio_model: str | None = "unimodal",
+    prior_mode: str = "override",
+    keep_unlabeled: bool = False,
+) -> pd.DataFrame:
+    """Resolve several models' probabilities into one pseudo-label per sample.
+
+    Args:
+        tables: model name -> table with ``sample_id`` and ``p_<label>`` columns
+            (one row per sample; average seeds first with ``average_seeds``).
+        labels: label set, in probability-column order (also the last tie-break).
+        tau: a model votes only where its max probability is > tau.
+        voting: ``prior``, ``majority`` or ``soft`` (see the module docstring).
+        prior_classes: labels for which the audio model's confident vote wins.
+        audio_model: key of the audio model in ``tables`` (needed for ``prior``).
+        prior_mode: ``override`` or ``unless_majority``.
+        keep_unlabeled: keep samples without a label (``label`` None) instead of
+            dropping them.
+
+    Returns:
+        DataFrame ``sample_id, label, confidence, votes`` sorted by sample_id;
+        ``votes`` lists the confident votes as ``model:label`` joined by commas.
+    """
+    if voting not in VOTING_RULES:
+        raise VotingError(f"voting: unknown rule '{voting}' (known: {', '.join(VOTING_RULES)})")
+    if prior_mode not in PRIOR_MODES:
+        raise VotingError(f"prior_mode: unknown mode '{prior_mode}' (known: {', '.join(PRIOR_MODES)})")
+    if not tables:
+        raise VotingError("vote: no models to vote")
+    unknown = [c for c in prior_classes if c not in labels]
+    if unknown:
+        raise VotingError(f"prior_classes: '{unknown[0]}' is not a label")
+    if voting == "prior" and audio_model not in tables:
+        raise VotingError(f"prior voting needs the audio model '{audio_model}' among the models {list(tables)}")
+
+    names = list(tables)
+    label_arr = np.asarray(labels, dtype=object)
+    num_classes = len(labels)
+    ids, probs = _stack(tables, labels)  # (K, N, C), NaN where a model lacks a sample
+    present = ~np.isnan(probs).any(axis=2)
+    filled = np.where(present[..., None], probs, -np.inf)
+    top = filled.argmax(axis=2)  # (K, N)
+    top_p = np.take_along_axis(filled, top[..., None], axis=2)[..., 0]
+    confident = present & (top_p > tau)
+    mean_p = np.nanmean(np.where(present[..., None], probs, np.nan), axis=0) if len(ids) else np.zeros((0, num_classes))
+    mean_p = np.nan_to_num(mean_p, nan=0.0)
+
+    onehot = np.eye(num_classes, dtype=int)[top] * confident[..., None]  # (K, N, C)
+    counts = onehot.sum(axis=0)  # (N, C)
+    n_conf = confident.sum(axis=0)
+    rows = np.arange(len(ids))
+
+    if voting == "soft":
+        winner = mean_p.argmax(axis=1)
+        accepted = mean_p[rows, winner] > tau
+        confidence = mean_p[rows, winner]
+    else:
+        # Vote counts are integers and mean probabilities lie in [0, 1]: adding
+        # half the mean probability orders by count first, then by probability.
+        score = np.where(counts > 0, counts + 0.5 * mean_p, -1.0)
+        winner = score.argmax(axis=1)
+        accepted = n_conf > 0
+        if voting == "prior":
+            a = names.index(audio_model)
+            prior_idx = [labels.index(c) for c in prior_classes]
+            audio_prior = confident[a] & np.isin(top[a], prior_idx)
+            if prior_mode == "unless_majority":
+                others = counts.copy()
+                others[rows, top[a]] = 0
+                audio_prior &= ~(others.max(axis=1) * 2 > n_conf)
+            winner = np.where(audio_prior, top[a], winner)
+        voters = onehot[:, rows, winner].astype(bool)  # (K, N): confident and voted for the winner
+        with np.errstate(invalid="ignore"):
+            confidence = np.where(voters, probs[:, rows, winner], 0.0).sum(axis=0) / np.maximum(voters.sum(axis=0), 1)
+
+    votes = _votes_strings(names, label_arr[top], confident)
+    out = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "label": np.where(accepted, label_arr[winner] if len(ids) else label_arr[:0], None),
+            "confidence": np.where(accepted, confidence, np.nan).astype(float),
+            "votes": votes,
+        }
+    )
+    if not keep_unlabeled:
+        out = out[accepted].reset_index(drop=True)
+    return out
+
+
+def _votes_strings(names: Sequence[str], top_labels: np.ndarray, confident: np.ndarray) -> list[str]:
+    """``agt:sad,attention:sad`` per sample from the confident votes."""
+    parts = [np.where(confident[k], [f"{name}:{lab}" for lab in top_labels[k]], "") for k, name in enumerate(names)]
+    if not parts or not len(parts[0]):
+        return []
+    return [",".join(p for p in col if p) for col in zip(*parts)]

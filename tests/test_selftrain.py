@@ -1,0 +1,219 @@
+"""Self-training rounds: pseudo-label table, resume, and a real two-round run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mer.config import job_from_dict
+from mer.selftrain import rounds
+from mer.selftrain.rounds import run_id, run_rounds
+from mer.store import open_store
+
+LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+UNLABELED = [f"u{i}" for i in range(6)]
+TEST = [f"t{i}" for i in range(6)]
+# What each fake model predicts on u0..u5 (and t0..t5).
+PLAN = {
+    "agt": ["happy", "happy", "angry", "neutral", "sad", "happy"],
+    "attention": ["happy", "angry", "angry", "neutral", "sad", "happy"],
+    "unimodal": ["sad", "happy", "angry", "worried", "neutral", "happy"],
+}
+
+
+def _probs(model: str, ids: list[str], p: float) -> pd.DataFrame:
+    rows = []
+    for sid, label in zip(ids, PLAN[model]):
+        probs = dict.fromkeys(LABELS, (1 - p) / 5)
+        probs[label] = p
+        rows.append({"sample_id": sid, "label": label, **{f"p_{k}": v for k, v in probs.items()}})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """fit/predict stand-ins: confident on u0..u3, unsure on u4..u5; record every fit."""
+    calls = []
+
+    def fit(job, model, seed, out_dir, extra_labels=None):
+        calls.append((model, seed, 0 if extra_labels is None else len(extra_labels)))
+        out = Path(out_dir)
+        (out / "config.json").write_text(json.dumps({"model": model, "seed": seed}))
+        return out
+
+    def predict(checkpoint, store, split):
+        model = json.loads((Path(checkpoint) / "config.json").read_text())["model"]
+        if split == "test":
+            return _probs(model, TEST, 0.8)
+        table = _probs(model, UNLABELED, 0.95)
+        table.loc[4:, [f"p_{k}" for k in LABELS]] = 1 / 6
+        return table
+
+    monkeypatch.setattr("mer.train.fit.fit", fit)
+    monkeypatch.setattr("mer.train.predict.predict", predict)
+    return calls
+
+
+@pytest.fixture
+def job(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    rows = [{"sample_id": s, "split": "unlabeled", "label": "", "text": "x"} for s in UNLABELED]
+    rows += [{"sample_id": s, "split": "test", "label": l, "text": "x"} for s, l in zip(TEST, PLAN["agt"])]
+    rows += [{"sample_id": "r0", "split": "train", "label": "sad", "text": "x"}]
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    truth = tmp_path / "truth.csv"
+    pd.DataFrame({"sample_id": UNLABELED, "label": ["sad", "happy", "angry", "worried", "sad", "happy"]}).to_csv(truth, index=False)
+    return job_from_dict(
+        {
+            "name": "st",
+            "manifest": str(manifest),
+            "store": str(tmp_path / "store"),
+            "run_dir": str(tmp_path / "run"),
+            "truth": str(truth),
+            "encoders": {"text": {"alias": "minilm"}},
+            "train": {"seeds": [0, 1]},
+            "selftrain": {"rounds": 2, "threshold": 0.9, "voting": "prior", "min_new": 1},
+        }
+    )
+
+
+def test_pseudo_label_table_and_idempotent_rerun(job, fake_training):
+    summary = run_rounds(job, echo=lambda _: None)
+    rid = run_id(job)
+    table = open_store(job.store).read_pseudo_labels(rid)
+    # Round 0 labels u0..u3 (u4, u5 never confident): prior gives u0 and u3 to the audio model.
+    got = dict(zip(table["sample_id"], table["label"]))
+    assert got == {"u0": "sad", "u1": "happy", "u2": "angry", "u3": "worried"}
+    assert set(table["round"]) == {0} and set(table["run_id"]) == {rid}
+    row = table.set_index("sample_id").loc["u0"]
+    assert row["votes"] == "agt:happy,attention:happy,unimodal:sad" and row["confidence"] == pytest.approx(0.95)
+    # Round 1 finds nothing new (< min_new): stop; its models trained on the 4 labels are final.
+    assert [r["added"] for r in summary["rounds"]] == [4, 0]
+    assert summary["stopped"].startswith("round 1 added 0")
+    assert summary["rounds"][0]["pseudo_accuracy"] == pytest.approx(1.0)
+    assert summary["rounds"][0]["added_per_class"]["worried"] == 1
+    assert sorted(fake_training) == sorted([(m, s, n) for n in (0, 4) for m in PLAN for s in (0, 1)])
+    run_dir = Path(job.run_dir)
+    final = pd.read_csv(run_dir / "predictions_test.csv")
+    assert list(final.columns) == ["sample_id", "label", *[f"p_{k}" for k in LABELS]]
+    # test vote (threshold 0): t0 and t3 go to the audio model's prior classes
+    assert final.set_index("sample_id")["label"].to_dict() == {
+        "t0": "sad", "t1": "happy", "t2": "angry", "t3": "worried", "t4": "sad", "t5": "happy"
+    }
+    assert json.loads((run_dir / "selftrain.json").read_text())["run_id"] == rid
+
+    # A rerun trains nothing, writes no duplicate, and gives the same result.
+    fake_training.clear()
+    again = run_rounds(job, echo=lambda _: None)
+    assert fake_training == []
+    assert len(open_store(job.store).read_pseudo_labels(rid)) == 4
+    assert again["rounds"] == summary["rounds"]
+
+
+def test_a_changed_config_is_a_new_run(job, fake_training):
+    run_rounds(job, echo=lambda _: None)
+    majority = job_from_dict({**_as_dict(job), "selftrain": {**_as_dict(job)["selftrain"], "voting": "majority"}})
+    assert run_id(majority) != run_id(job)
+    fake_training.clear()
+    run_rounds(majority, echo=lambda _: None)
+    # round 0 fits are shared (same training data); round 1 trains on different labels
+    assert all(n == 4 for _, _, n in fake_training) and len(fake_training) == 6
+    labels = open_store(job.store).read_pseudo_labels(run_id(majority))
+    assert dict(zip(labels["sample_id"], labels["label"]))["u0"] == "happy"
+
+
+def _as_dict(job):
+    import dataclasses
+
+    return dataclasses.asdict(job)
+
+
+def test_prior_voting_needs_an_audio_unimodal_model(job):
+    bad = job_from_dict({**_as_dict(job), "train": {**_as_dict(job)["train"], "unimodal_role": "text"}})
+    with pytest.raises(Exception, match="unimodal_role is 'text'"):
+        run_rounds(bad)
+
+
+def test_vote_test_fills_every_sample():
+    tables = {m: _probs(m, TEST, 0.5) for m in PLAN}
+    job = job_from_dict({"name": "x", "manifest": "m.csv", "selftrain": {"test_threshold": 0.9}})
+    out = rounds.vote_test(job, tables)
+    # nobody confident at 0.9: the soft arg-max labels everything
+    assert out["label"].notna().all() and len(out) == len(TEST)
+    assert np.allclose(out[[f"p_{k}" for k in LABELS]].sum(axis=1), 1.0)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):
+    """Round 0 (supervised) labels the unlabeled split, round 1 retrains on those labels."""
+    from mer.corpus.demo import make_demo_corpus
+    from mer.pipeline import run_job
+
+    manifest = make_demo_corpus(tmp_path / "demo", n_train=60, n_unlabeled=40, n_test=30, seed=3, workers=1)
+    job = job_from_dict(
+        {
+            "name": "st_real",
+            "manifest": str(manifest),
+            "store": str(tmp_path / "store"),
+            "run_dir": str(tmp_path / "run"),
+            "truth": str(tmp_path / "demo" / "unlabeled_truth.csv"),
+            "encoders": {"audio": {"alias": "logmel"}, "text": {"alias": "minilm"}},
+            "stages": ["validate", "extract", "selftrain", "report"],
+            "train": {"model": "agt", "epochs": 8, "seeds": [0], "patience": 8},
+            "selftrain": {"rounds": 1, "threshold": 0.2, "models": ["agt", "unimodal"], "min_new": 1},
+        }
+    )
+    results = run_job(job, echo=lambda _: None)
+    run_dir = Path(job.run_dir)
+    summary = json.loads((run_dir / "selftrain.json").read_text())
+    added = [r["added"] for r in summary["rounds"]]
+    assert added[0] > 0 and results["selftrain"]["pseudo_labels"] == sum(added)
+    table = open_store(job.store).read_pseudo_labels(summary["run_id"])
+    assert len(table) == sum(added) and table["sample_id"].is_unique
+    assert set(table["label"]) <= set(LABELS) and (table["confidence"] > 0.2).all()
+    truth = pd.read_csv(tmp_path / "demo" / "unlabeled_truth.csv")
+    assert set(table["sample_id"]) <= set(truth["sample_id"])
+    # the second round trained on the first round's labels
+    assert summary["rounds"][1]["trained_on"] == added[0]
+    assert 0 <= summary["rounds"][0]["pseudo_accuracy"] <= 1
+    final = pd.read_csv(run_dir / "predictions_test.csv")
+    assert len(final) == 30 and final["label"].isin(LABELS).all()
+    md = (run_dir / "report.md").read_text()
+    for section in ("## Summary", "## Self-training rounds", "## Self-training vs supervised", "## Per-class results", "## Plots"):
+        assert section in md
+    assert (run_dir / "waf_per_round.png").exists() and (run_dir / "pseudo_labels_per_round.png").exists()
+
+
+def test_ablation_cells_feed_the_report(job, fake_training, monkeypatch):
+    """The ablation runner's orchestration with fake training and extraction."""
+    from mer.report.report import build_report
+    from mer.selftrain import ablation
+
+    extracted = []
+    monkeypatch.setattr("mer.extract.stage.run", lambda j: extracted.append(j.store) or {})
+    monkeypatch.setattr(ablation, "corrupted_job", lambda j, name, snr: ablation.variant(j, name, store=f"{j.store}_{name}"))
+    monkeypatch.setattr(ablation, "_empty_audio_table", lambda j, store: None)
+    job = job_from_dict({**_as_dict(job), "report": {"fusion_models": ["attention", "agt"], "thresholds": [0.9, 0.99], "snr_db": [10]}})
+    summary = ablation.run(job, echo=lambda _: None)
+    assert summary["axes"] == {"fusion": 3, "voting": 4, "threshold": 2, "balance": 0, "corruption": 6}
+    assert extracted == [f"{job.store}_snr10db", f"{job.store}_no_audio"]
+    result = json.loads((Path(job.run_dir) / "ablation.json").read_text())
+    cells = {c["variant"]: c for c in result["axes"]["threshold"]}
+    # tau 0.99: no model is that confident, nothing is added
+    assert cells["tau = 0.9"]["added"] == [4.0] and cells["tau = 0.99"]["added"] == [0.0]
+    assert cells["tau = 0.9"]["pseudo_accuracy"] == [1.0]
+    assert len(result["axes"]["fusion"][0]["waf"]) == 2  # one value per seed
+    md = build_report(job.run_dir) and (Path(job.run_dir) / "report.md").read_text()
+    assert "### Pseudo-label threshold sweep" in md and "| tau = 0.99 |" in md

@@ -1,0 +1,131 @@
+"""Pseudo-label voting rules on constructed probability tables."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mer.selftrain.voting import VotingError, average_seeds, vote
+
+LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+
+
+def table(rows: dict[str, tuple[str, float]]) -> pd.DataFrame:
+    """sample_id -> (top label, its probability); the rest spread evenly."""
+    out = []
+    for sid, (label, p) in rows.items():
+        probs = dict.fromkeys(LABELS, (1.0 - p) / (len(LABELS) - 1))
+        probs[label] = p
+        out.append({"sample_id": sid, **{f"p_{k}": v for k, v in probs.items()}})
+    return pd.DataFrame(out)
+
+
+def by_id(df: pd.DataFrame) -> dict:
+    return dict(zip(df["sample_id"], df["label"]))
+
+
+def test_prior_class_goes_to_confident_audio_model_against_majority():
+    tables = {
+        "agt": table({"a": ("happy", 0.95), "b": ("happy", 0.95)}),
+        "attention": table({"a": ("happy", 0.97), "b": ("happy", 0.97)}),
+        "unimodal": table({"a": ("sad", 0.92), "b": ("angry", 0.99)}),
+    }
+    out = vote(tables, LABELS, tau=0.9, voting="prior")
+    # a: audio says a prior class -> it wins; b: audio says a non-prior class -> majority
+    assert by_id(out) == {"a": "sad", "b": "happy"}
+    row = out.set_index("sample_id").loc["a"]
+    assert row["votes"] == "agt:happy,attention:happy,unimodal:sad"
+    assert row["confidence"] == pytest.approx(0.92)
+    assert out.set_index("sample_id").loc["b", "confidence"] == pytest.approx(0.96)
+
+
+def test_prior_mode_unless_majority_lets_a_strict_majority_win():
+    tables = {
+        "agt": table({"a": ("happy", 0.95), "b": ("happy", 0.95)}),
+        "attention": table({"a": ("happy", 0.97), "b": ("neutral", 0.5)}),
+        "unimodal": table({"a": ("worried", 0.92), "b": ("worried", 0.92)}),
+    }
+    out = vote(tables, LABELS, tau=0.9, voting="prior", prior_mode="unless_majority")
+    # a: 2 of 3 confident say happy (strict majority); b: 1 vs 1 -> the audio model's prior vote
+    assert by_id(out) == {"a": "happy", "b": "worried"}
+
+
+def test_prior_needs_the_audio_model_to_be_confident():
+    tables = {
+        "agt": table({"a": ("happy", 0.95)}),
+        "attention": table({"a": ("neutral", 0.5)}),
+        "unimodal": table({"a": ("sad", 0.85)}),
+    }
+    assert by_id(vote(tables, LABELS, tau=0.9, voting="prior")) == {"a": "happy"}
+
+
+def test_majority_ignores_the_prior_and_threshold_is_strict():
+    tables = {
+        "agt": table({"a": ("happy", 0.95), "b": ("angry", 0.9)}),
+        "attention": table({"a": ("happy", 0.91), "b": ("angry", 0.9)}),
+        "unimodal": table({"a": ("sad", 0.99), "b": ("angry", 0.89)}),
+    }
+    out = vote(tables, LABELS, tau=0.9, voting="majority")
+    # b: nobody is strictly above 0.9 -> no label
+    assert by_id(out) == {"a": "happy"}
+    assert out.loc[0, "votes"] == "agt:happy,attention:happy,unimodal:sad"
+    assert by_id(vote(tables, LABELS, tau=0.85, voting="majority")) == {"a": "happy", "b": "angry"}
+
+
+def test_tie_broken_by_mean_probability_over_all_models_then_label_order():
+    tables = {
+        "agt": table({"a": ("happy", 0.95), "b": ("happy", 0.95)}),
+        "attention": table({"a": ("angry", 0.96), "b": ("angry", 0.95)}),
+        # not confident, but its probabilities lean to happy on a
+        "unimodal": table({"a": ("happy", 0.6), "b": ("neutral", 0.5)}),
+    }
+    out = vote(tables, LABELS, tau=0.9, voting="majority")
+    # b: 1 vs 1 with equal mean probability -> first in label order (angry before happy)
+    assert by_id(out) == {"a": "happy", "b": "angry"}
+    assert out.set_index("sample_id").loc["a", "confidence"] == pytest.approx(0.95)
+
+
+def test_no_confident_vote_means_no_label_and_keep_unlabeled():
+    tables = {"agt": table({"a": ("happy", 0.5)}), "unimodal": table({"a": ("sad", 0.4)})}
+    assert vote(tables, LABELS, tau=0.9).empty
+    kept = vote(tables, LABELS, tau=0.9, keep_unlabeled=True)
+    assert kept["label"].tolist() == [None] and np.isnan(kept.loc[0, "confidence"]) and kept.loc[0, "votes"] == ""
+
+
+def test_soft_voting_uses_mean_probability():
+    tables = {
+        "agt": table({"a": ("happy", 0.99), "b": ("happy", 0.99)}),
+        "attention": table({"a": ("happy", 0.95), "b": ("angry", 0.99)}),
+    }
+    out = vote(tables, LABELS, tau=0.9, voting="soft", audio_model=None)
+    assert by_id(out) == {"a": "happy"}
+    assert out.loc[0, "confidence"] == pytest.approx(0.97)
+
+
+def test_sample_missing_from_a_model_gets_no_vote_from_it():
+    tables = {
+        "agt": table({"a": ("happy", 0.95), "b": ("angry", 0.95)}),
+        "unimodal": table({"a": ("sad", 0.95)}),
+    }
+    out = vote(tables, LABELS, tau=0.9, voting="prior")
+    assert by_id(out) == {"a": "sad", "b": "angry"}
+    assert out.set_index("sample_id").loc["b", "votes"] == "agt:angry"
+
+
+def test_average_seeds_is_one_voter():
+    seeds = [table({"a": ("sad", 0.95)}), table({"a": ("sad", 0.85)})]
+    mean = average_seeds(seeds, LABELS)
+    assert mean.loc[0, "p_sad"] == pytest.approx(0.9) and mean.loc[0, "label"] == "sad"
+    # mean 0.9 is not > 0.9
+    assert vote({"unimodal": mean}, LABELS, tau=0.9).empty
+
+
+def test_bad_inputs_are_one_line_errors():
+    tables = {"agt": table({"a": ("happy", 0.95)})}
+    with pytest.raises(VotingError, match="audio model 'unimodal'"):
+        vote(tables, LABELS, voting="prior")
+    with pytest.raises(VotingError, match="unknown rule"):
+        vote(tables, LABELS, voting="best")
+    with pytest.raises(VotingError, match="'calm' is not a label"):
+        vote(tables, LABELS, voting="majority", prior_classes=["calm"])
+    with pytest.raises(VotingError, match="lacks column 'p_surprise'"):
+        vote({"agt": tables["agt"].drop(columns="p_surprise")}, LABELS, voting="majority")
