@@ -55,7 +55,7 @@ def test_absent_modality_values_are_ignored(name):
 def test_agt_amf_weights_sum_to_one_and_mask_absent():
     torch.manual_seed(0)
     model = build_model("agt", DIMS, 6, TrainConfig(hidden=16, heads=2)).eval()
-    _, weights = model.fusion(make_batch(absent={"video": [1], "audio": [2]}))
+    _, weights = model.model.fusion(make_batch(absent={"video": [1], "audio": [2]}))
     assert weights.shape == (5, 3)  # audio, text, video
     assert torch.allclose(weights.sum(1), torch.ones(5), atol=1e-6)
     assert weights[1, 2] == 0 and weights[2, 0] == 0
@@ -86,3 +86,21 @@ def test_builder_errors_name_the_key():
         build_model("agt", {"text": 8}, 6, TrainConfig())
     with pytest.raises(ConfigError, match="unimodal_role"):
         build_model("unimodal", {"text": 8}, 6, TrainConfig())
+
+
+def test_standardizer_fits_train_statistics_and_travels_in_state_dict():
+    torch.manual_seed(0)
+    model = build_model("concat", {"audio": 3}, 6, TrainConfig(hidden=8))
+    scale = torch.tensor([1.0, 100.0, 1e4])
+    vectors = torch.randn(64, 3) * scale + torch.tensor([5.0, -3.0, 200.0])
+    present = torch.ones(64, dtype=torch.bool)
+    present[:4] = False  # absent rows must not enter the statistics
+    vectors[:4] = 1e9
+    model.fit([{"audio": {"vector": vectors[:32], "present": present[:32]}},
+               {"audio": {"vector": vectors[32:], "present": present[32:]}}])
+    scaled = model.scale({"audio": {"vector": vectors[4:], "present": present[4:]}})["audio"]["vector"]
+    assert torch.allclose(scaled.mean(0), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(scaled.std(0, unbiased=False), torch.ones(3), atol=1e-4)
+    again = build_model("concat", {"audio": 3}, 6, TrainConfig(hidden=8))
+    again.load_state_dict(model.state_dict())
+    assert torch.equal(again.vector_std_audio, model.vector_std_audio)

@@ -8,12 +8,16 @@ from mer.config import ConfigError
 
 from mer.models.agt import AGT
 from mer.models.baselines import AttentionFusion, ConcatFusion, Unimodal
+from mer.models.standardize import Standardized
 
 MODELS = ("agt", "attention", "concat", "unimodal")
 
 
-def build_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> nn.Module:
-    """Build ``name`` for the given role widths.
+def build_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> Standardized:
+    """Build ``name`` for the given role widths, behind a per-feature standardiser.
+
+    The training loop fits the standardiser on the training rows
+    (:meth:`Standardized.fit`); the fusion model itself is ``.model``.
 
     Args:
         name: one of :data:`MODELS`.
@@ -25,6 +29,10 @@ def build_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> nn.Mo
     Raises:
         ConfigError: unknown name, or roles the model needs are missing.
     """
+    return Standardized(_fusion_model(name, dims, num_classes, cfg), dims)
+
+
+def _fusion_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> nn.Module:
     if name == "agt":
         return AGT(
             dims, num_classes, hidden=cfg.hidden, heads=cfg.heads, depth=cfg.depth,

@@ -189,7 +189,9 @@ def train_loop(config: dict) -> None:
 
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     torch.manual_seed(seed)
-    model = build_model(config["model"], data.dims, len(labels), cfg).to(device)
+    model = build_model(config["model"], data.dims, len(labels), cfg)
+    model.fit(data.batch(chunk) for chunk in np.array_split(rows.train, max(1, len(rows.train) // 1024)))
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
     weight = class_weights(targets[rows.train], len(labels)) if cfg.class_weighted else None

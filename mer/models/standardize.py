@@ -1,0 +1,73 @@
+"""Per-feature z-scoring with training-set statistics, stored with the weights.
+
+Cached embeddings come on very different per-feature scales (logmel mixes
+log energies, standard deviations and pitch in Hz; LLM hidden states have a few
+huge outlier dimensions). A per-sample LayerNorm cannot fix a per-feature scale,
+and an audio-only MLP on raw logmel stayed at chance. MERTools normalises
+features too; the paper is silent. The statistics are buffers, so they travel
+in ``model.safetensors`` and prediction needs nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class Standardized(nn.Module):
+    """Wrap a fusion model: ``x -> (x - mean) / std`` per role before ``model``.
+
+    ``vector`` and ``seq`` get their own statistics (pooled and per-step
+    features differ in spread). Until :meth:`fit` runs, mean 0 and std 1 leave
+    inputs unchanged.
+    """
+
+    def __init__(self, model: nn.Module, dims: dict[str, int]):
+        super().__init__()
+        self.model = model
+        self.roles = sorted(dims)
+        for role, dim in dims.items():
+            for kind in ("vector", "seq"):
+                self.register_buffer(f"{kind}_mean_{role}", torch.zeros(dim))
+                self.register_buffer(f"{kind}_std_{role}", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[dict], eps: float = 1e-6) -> None:
+        """Set the statistics from model-input batches (present samples, valid steps only)."""
+        sums: dict[tuple[str, str], list] = {}
+        for batch in batches:
+            for role in self.roles:
+                entry = batch[role]
+                present = entry["present"].bool()
+                values = {"vector": entry["vector"][present].double()}
+                if entry.get("seq") is not None:
+                    values["seq"] = entry["seq"][entry["seq_mask"].bool() & present[:, None]].double()
+                for kind, x in values.items():
+                    acc = sums.setdefault((role, kind), [0, 0.0, 0.0])
+                    acc[0] += len(x)
+                    acc[1] = acc[1] + x.sum(0)
+                    acc[2] = acc[2] + (x * x).sum(0)
+        for (role, kind), (n, s, ss) in sums.items():
+            if n < 2:
+                continue
+            mean = s / n
+            std = ((ss / n - mean * mean).clamp(min=0)).sqrt()
+            getattr(self, f"{kind}_mean_{role}").copy_(mean.float())
+            getattr(self, f"{kind}_std_{role}").copy_(std.float().clamp(min=eps))
+
+    def scale(self, batch: dict) -> dict:
+        """The batch with every role's features standardised."""
+        out = {}
+        for role, entry in batch.items():
+            entry = dict(entry)
+            for kind in ("vector", "seq"):
+                if entry.get(kind) is not None and hasattr(self, f"{kind}_mean_{role}"):
+                    mean, std = getattr(self, f"{kind}_mean_{role}"), getattr(self, f"{kind}_std_{role}")
+                    entry[kind] = (entry[kind].float() - mean) / std
+            out[role] = entry
+        return out
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(self.scale(batch))
