@@ -23,27 +23,6 @@ HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """One Ray per module: 2 CPUs, 2 fake GPUs; workers can import ``extract_plugins``."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), old) if p)
-    for attempt in range(3):  # Ray gives a raylet a fixed 30 s to register: a busy shared box can miss it
-        try:
-            ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
-    yield
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Eight real demo clips plus a corrupt mp4 and a missing file in the manifest."""
     out = tmp_path_factory.mktemp("corpus")
@@ -62,7 +41,7 @@ def rows_of(manifest: Path) -> pd.DataFrame:
 
 
 @pytest.mark.timeout(240)  # includes the module's Ray start
-def test_two_gpu_actors_are_pinned_to_different_devices(local_ray):
+def test_two_gpu_actors_are_pinned_to_different_devices(ray_local):
     @ray.remote(num_gpus=1, num_cpus=0)
     class Probe:
         def where(self):
@@ -87,7 +66,7 @@ def test_plan_reserves_cpu_for_decode():
 
 
 @pytest.mark.timeout(300)
-def test_stage_extracts_clean_rows_then_rerun_writes_nothing(local_ray, corpus, tmp_path):
+def test_stage_extracts_clean_rows_then_rerun_writes_nothing(ray_local, corpus, tmp_path):
     job = job_from_dict(
         {
             "name": "t",
@@ -123,7 +102,7 @@ def test_stage_extracts_clean_rows_then_rerun_writes_nothing(local_ray, corpus, 
 
 
 @pytest.mark.timeout(300)
-def test_actor_pool_pins_gpus_and_survives_an_actor_death(local_ray, tmp_path):
+def test_actor_pool_pins_gpus_and_survives_an_actor_death(ray_local, tmp_path):
     n = 24
     rows = pd.DataFrame(
         {"sample_id": [f"s{i:02d}" for i in range(n)], "split": "unlabeled", "label": None,
@@ -145,7 +124,7 @@ def test_actor_pool_pins_gpus_and_survives_an_actor_death(local_ray, tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_decode_and_encode_failures_are_quarantined_and_the_rest_extracted(local_ray, corpus, tmp_path):
+def test_decode_and_encode_failures_are_quarantined_and_the_rest_extracted(ray_local, corpus, tmp_path):
     rows = rows_of(corpus)
     rows = pd.concat([rows.iloc[:4], rows[rows["sample_id"] == "bad_corrupt"]], ignore_index=True)
     rows.loc[3, "text"] = "boom"

@@ -70,22 +70,6 @@ def text_manifest(tmp_path_factory):
     return folder / "manifest.csv"
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    for attempt in range(3):  # Ray gives its raylet 30 s to register: not always enough on a saturated machine
-        try:
-            ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
-    yield
-    ray.shutdown()
-
-
 def text_job(tmp_path, manifest, model, zero: dict, **finetune):
     return job_from_dict({
         "name": "ft", "manifest": str(manifest), "store": str(tmp_path / "store"), "run_dir": str(tmp_path / "run"),

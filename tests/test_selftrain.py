@@ -145,15 +145,6 @@ def test_vote_test_fills_every_sample():
     assert np.allclose(out[[f"p_{k}" for k in LABELS]].sum(axis=1), 1.0)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):

@@ -33,15 +33,6 @@ def make_job(root, run="run", **train):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def root(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("train")
     write_synthetic_features(make_job(root), {"train": 300, "test": 120, "unlabeled": 60},
