@@ -102,6 +102,27 @@ def test_stage_extracts_clean_rows_then_rerun_writes_nothing(ray_local, corpus, 
 
 
 @pytest.mark.timeout(300)
+def test_blocks_of_only_unlabeled_rows_keep_string_labels(ray_local, corpus, tmp_path):
+    """A Ray Data block whose labels are all missing must still join the others (Arrow types)."""
+    rows = pd.read_csv(corpus, dtype=str, keep_default_na=False).iloc[:8]
+    rows = rows.sort_values("split", key=lambda s: s != "unlabeled")  # the unlabeled rows share a block
+    rows["video"] = [str(corpus.parent / v) for v in rows["video"]]
+    manifest = tmp_path / "manifest.csv"
+    rows.to_csv(manifest, index=False)
+    job = job_from_dict({
+        "name": "t", "manifest": str(manifest), "store": str(tmp_path / "store"), "run_dir": str(tmp_path / "run"),
+        "encoders": {"text": {"alias": "minilm", "seq_len": 0, "batch_size": 2}}, "stages": ["extract"],
+    })
+    summary = extract_stage.run(job)["text"]
+    assert (summary["written"], summary["failed"]) == (8, 0)
+    feats = open_store(job.store).read("minilm", summary["version"])
+    stored = dict(zip(feats.ids, feats.label))
+    for sid, label in zip(rows["sample_id"], rows["label"]):
+        assert stored[sid] == (label or None)
+
+
+
+@pytest.mark.timeout(300)
 def test_actor_pool_pins_gpus_and_survives_an_actor_death(ray_local, tmp_path):
     n = 24
     rows = pd.DataFrame(

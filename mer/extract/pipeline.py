@@ -87,7 +87,10 @@ def build_dataset(rows: pd.DataFrame, spec: EncoderSpec, plan: Plan, max_restart
     """The lazy Ray Data pipeline: manifest rows -> decode tasks -> encoder actors."""
     spec_json = json.dumps(dataclasses.asdict(spec))
     per_block = max(1, spec.batch_size)
-    records = rows[MANIFEST_COLUMNS].astype(object).where(rows[MANIFEST_COLUMNS].notna(), None)
+    # Missing values travel as "" so every block has string columns: a block whose
+    # labels (or audio paths) are all None would get another Arrow type and Ray
+    # Data could not concatenate blocks. decode_batch turns "" back into None.
+    records = rows[MANIFEST_COLUMNS].astype(object).where(rows[MANIFEST_COLUMNS].notna(), "")
     ds = ray.data.from_items(records.to_dict("records"), override_num_blocks=math.ceil(len(rows) / per_block))
     ds = ds.map_batches(
         decode_batch,
@@ -179,7 +182,7 @@ def extract_rows(
                     failed.append({"sample_id": str(sid), "reason": str(batch["error"][i])})
                     continue
                 vector, seq = pickle.loads(batch["result"][i])
-                label = batch["label"][i]  # an all-null column comes back as NaN floats
+                label = batch["label"][i]
                 buffer.append(
                     {"sample_id": str(sid), "split": str(batch["split"][i]),
                      "label": label if isinstance(label, str) and label else None,

@@ -70,7 +70,7 @@ def decode_batch(batch: dict, spec_json: str) -> dict:
     n = len(batch["sample_id"])
     payloads, errors, no_face = [], [], []
     for i in range(n):
-        row = {k: (v[i] if v[i] is not None and v[i] == v[i] else None) for k, v in batch.items()}
+        row = {k: (v[i] if isinstance(v[i], str) and v[i] else None) for k, v in batch.items()}
         try:
             payload = encoder.prepare(row)
             payloads.append(pickle.dumps(payload, protocol=5))
