@@ -103,7 +103,7 @@ def test_stage_extracts_clean_rows_then_rerun_writes_nothing(ray_local, corpus, 
 
 @pytest.mark.timeout(300)
 def test_blocks_of_only_unlabeled_rows_keep_string_labels(ray_local, corpus, tmp_path):
-    """A Ray Data block whose labels are all missing must still join the others (Arrow types)."""
+    """Labels survive extraction when a Ray Data block holds only unlabeled rows (stored as null)."""
     rows = pd.read_csv(corpus, dtype=str, keep_default_na=False).iloc[:8]
     rows = rows.sort_values("split", key=lambda s: s != "unlabeled")  # the unlabeled rows share a block
     rows["video"] = [str(corpus.parent / v) for v in rows["video"]]
