@@ -300,23 +300,17 @@ def test_metrics_endpoint_exposes_mer_metrics(head, quickstart):
     done, job, _ = quickstart
     assert done.returncode == 0
     # A counter outlives the worker that counted; gauges vanish when it exits.
-    if "extract" in job.stages:
-        pattern = r"ray_mer_extract_samples_total"
-    else:
-        # No quickstart stage publishes a mer metric yet: check the endpoint with
-        # Ray's own node gauge (the head was started with --num-cpus 2).
-        pattern = r"ray_node_cpu_count"
+    assert "extract" in job.stages
+    pattern = r"ray_mer_extract_samples_total"
     deadline = time.monotonic() + 90  # metrics are pushed to the agent every few seconds
     while not (samples := _prometheus_samples(head.metrics_port, pattern)) and time.monotonic() < deadline:
         time.sleep(3)
     assert samples, f"no {pattern} at http://127.0.0.1:{head.metrics_port}/metrics"
-    if pattern == "ray_node_cpu_count":
-        assert samples[0][1] == 2.0
-    else:  # one counter series per encoder actor process; summed per role = rows written
-        stages = json.loads((Path(job.run_dir) / "stages.json").read_text())
-        for role, summary in _roles(stages["extract"]):
-            counted = sum(value for line, value in samples if f'role="{role}"' in line)
-            assert counted == summary["written"] > 0, (role, samples)
+    # one counter series per encoder actor process; summed per role = rows written
+    stages = json.loads((Path(job.run_dir) / "stages.json").read_text())
+    for role, summary in _roles(stages["extract"]):
+        counted = sum(value for line, value in samples if f'role="{role}"' in line)
+        assert counted == summary["written"] > 0, (role, samples)
 
 
 @pytest.mark.timeout(450)
