@@ -151,18 +151,12 @@ def main() -> None:
 
     from mer.config import EncoderSpec
     from mer.corpus.demo import make_demo_corpus
+    from mer.pipeline import ensure_ray
 
     work = Path(tempfile.mkdtemp(prefix="mer_bench_"))
     corpus = work / "corpus"
     make_demo_corpus(corpus, n_train=24, n_unlabeled=8, n_test=8, seed=0)
-    for attempt in range(3):  # a loaded shared machine can miss Ray's fixed 30 s raylet start window
-        try:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:
-            if attempt == 2:
-                raise
-            ray.shutdown()
+    ensure_ray(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     print(f"machine: {os.cpu_count()} CPUs, GPUs: {int(ray.cluster_resources().get('GPU', 0))}, "
           f"load average {os.getloadavg()[0]:.1f}; work dir {work}")
     rows = make_rows(corpus, n)

@@ -54,21 +54,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
 
-    import ray
-
     from mer.config import job_from_dict
     from mer.extract.stage import run as extract
     from mer.finetune.stage import run as finetune_stage
+    from mer.pipeline import ensure_ray
 
     out = Path(args.out).resolve()
     manifest = write_text_manifest(out / "corpus")
-    for attempt in range(3):  # raylet registration times out (30 s) on a saturated machine
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:
-            ray.shutdown()
-            time.sleep(10)
+    ensure_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
     def job(seed: int, model: str | None = None):
         return job_from_dict({

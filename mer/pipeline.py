@@ -36,12 +36,25 @@ def stage_function(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Start embedded Ray, or join the cluster this process runs in."""
+def ensure_ray(attempts: int = 3, **init_kwargs) -> None:
+    """Start embedded Ray, or join the cluster this process runs in.
+
+    Ray gives a new raylet a fixed 30 s to register, which a saturated machine
+    can miss; start-up is tried ``attempts`` times. ``init_kwargs`` go to
+    ``ray.init`` (tests pass fake GPUs).
+    """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, log_to_driver=True, ignore_reinit_error=True)
+    if ray.is_initialized():
+        return
+    for attempt in range(attempts):
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
 
 
 def run_job(job: Job, echo=print) -> dict:

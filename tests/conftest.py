@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from mer.pipeline import ensure_ray
+
 HERE = Path(__file__).parent
 
 
@@ -12,22 +14,14 @@ HERE = Path(__file__).parent
 def ray_local():
     """Local Ray with 2 CPUs and 2 fake GPUs (``num_gpus=1`` actors get CUDA_VISIBLE_DEVICES 0 and 1).
 
-    Workers can import ``tests/extract_plugins.py`` (test encoders). Ray gives a
-    new raylet a fixed 30 s to register, which a saturated 2-core machine can
-    miss: start-up is tried three times.
+    Workers can import ``tests/extract_plugins.py`` (test encoders); start-up
+    is retried (:func:`mer.pipeline.ensure_ray`).
     """
     import ray
 
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), old) if p)
-    for attempt in range(3):
-        try:
-            ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    ensure_ray(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
     if old is None:
