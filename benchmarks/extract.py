@@ -108,18 +108,26 @@ def bare_loop(spec, rows: pd.DataFrame) -> float:
     return time.perf_counter() - start
 
 
-def mertools_loop(spec, rows: pd.DataFrame, out: Path) -> float:
-    """Seconds for MERTools' shape: per file decode, forward one sample, np.save one .npy."""
+def mertools_loop(spec, rows: pd.DataFrame, out: Path) -> tuple[float, float]:
+    """MERTools' shape: per file decode, forward one sample, np.save one .npy.
+
+    Returns (total seconds, seconds spent decoding): decoding is the only part
+    a pipeline can hide behind the model when both compete for the same cores.
+    """
     from mer.encoders import build_encoder
 
     enc = build_encoder(spec)
     enc.ensure_loaded()  # MERTools loads the model before its loop too
     out.mkdir(parents=True, exist_ok=True)
+    decode = 0.0
     start = time.perf_counter()
     for r in rows.to_dict("records"):
-        vector, seq = enc.encode([enc.prepare(r)])[0]
+        tick = time.perf_counter()
+        item = enc.prepare(r)
+        decode += time.perf_counter() - tick
+        vector, seq = enc.encode([item])[0]
         np.save(out / f"{r['sample_id']}.npy", seq if seq is not None else vector)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, decode
 
 
 def mer_run(spec, rows: pd.DataFrame, store: str, actors: int) -> tuple[float, dict, float]:
@@ -167,16 +175,19 @@ def main() -> None:
         else:
             spec = EncoderSpec(alias=name, batch_size=32)
         # Interleaved rounds, best of each: other load on a shared machine hits every method alike.
-        t = {"bare": [], "mertools": [], "mer1": [], "mer2": [], "steady1": [], "steady2": []}
+        t = {"bare": [], "mertools": [], "decode": [], "mer1": [], "mer2": [], "steady1": [], "steady2": []}
         for r in range(repeats):
             t["bare"].append(bare_loop(spec, rows))
-            t["mertools"].append(mertools_loop(spec, rows, work / f"npy_{name}_{r}"))
+            total, decode = mertools_loop(spec, rows, work / f"npy_{name}_{r}")
+            t["mertools"].append(total)
+            t["decode"].append(decode)
             for actors in (1, 2):
                 sec, summary, _ = mer_run(spec, rows, str(work / f"store_{name}_{actors}_{r}"), actors)
                 t[f"mer{actors}"].append(sec)
                 t[f"steady{actors}"].append(summary["steady_samples_per_s"])
         bare, mert, one, two = (min(t[k]) for k in ("bare", "mertools", "mer1", "mer2"))
         steady1, steady2 = max(t["steady1"]), max(t["steady2"])
+        decode = t["decode"][int(np.argmin(t["mertools"]))]
         lines += [
             f"[{name}] {n} clips, batch {spec.batch_size}, best of {repeats} interleaved rounds",
             f"  bare in-process loop (pre-decoded) : {bare:7.1f} s  {n / bare:7.2f} clips/s",
@@ -185,9 +196,11 @@ def main() -> None:
             f"  mer extract, 2 actors             : {two:7.1f} s  {n / two:7.2f} clips/s (after startup {steady2:.2f})",
             f"  ratio mer(1) / bare               : {bare / one:5.2f}x wall, {steady1 * bare / n:5.2f}x after startup (target >= 0.9x)",
             f"  ratio mer(1) / MERTools-style     : {mert / one:5.2f}x wall, {steady1 * mert / n:5.2f}x after startup (target >= 1.5x)",
+            f"  MERTools-style time decoding      : {decode / mert:5.1%} -> hiding all of it behind the model: "
+            f"at most {mert / max(mert - decode, 1e-9):4.2f}x on these cores",
             f"  ratio 2 actors / 1 actor          : {one / two:5.2f}x wall, {steady2 / max(steady1, 1e-9):5.2f}x after startup",
         ]
-        print("\n".join(lines[-8:]), flush=True)
+        print("\n".join(lines[-9:]), flush=True)
 
     mem_spec = EncoderSpec(alias="logmel", batch_size=16)
     small_rows, big_rows = make_rows(corpus, mem_n), make_rows(corpus, 10 * mem_n)

@@ -235,7 +235,7 @@ def predict_cmd(checkpoints, split, store, out) -> None:
 
     \b
     Example:
-      mer predict --checkpoint runs/quickstart/checkpoints/agt_seed0 --split test --out preds.csv
+      mer predict --checkpoint runs/quickstart/checkpoints/agt_s0_* --split test --out preds.csv
     """
     from mer.train.predict import predict, write_predictions
 

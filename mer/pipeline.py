@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def stage_function(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
+_RAY_START = threading.Lock()
+
+
 def ensure_ray(attempts: int = 3, **init_kwargs) -> None:
     """Start embedded Ray, or join the cluster this process runs in.
 
@@ -45,16 +49,17 @@ def ensure_ray(attempts: int = 3, **init_kwargs) -> None:
     """
     import ray
 
-    if ray.is_initialized():
-        return
-    for attempt in range(attempts):
-        try:
-            ray.init(**init_kwargs)
+    with _RAY_START:  # concurrent fits (threads) may all ask at once
+        if ray.is_initialized():
             return
-        except Exception:
-            ray.shutdown()
-            if attempt == attempts - 1:
-                raise
+        for attempt in range(attempts):
+            try:
+                ray.init(**init_kwargs)
+                return
+            except Exception:
+                ray.shutdown()
+                if attempt == attempts - 1:
+                    raise
 
 
 def run_job(job: Job, echo=print) -> dict:

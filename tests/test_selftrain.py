@@ -11,6 +11,7 @@ from mer.config import job_from_dict
 from mer.selftrain import rounds
 from mer.selftrain.rounds import run_id, run_rounds
 from mer.store import open_store
+from mer.train.data import ReadPlan
 
 LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 UNLABELED = [f"u{i}" for i in range(6)]
@@ -37,9 +38,10 @@ def fake_training(monkeypatch):
     """fit/predict stand-ins: confident on u0..u3, unsure on u4..u5; record every fit."""
     calls = []
 
-    def fit(job, model, seed, out_dir, extra_labels=None):
+    def fit(job, model, seed, out_dir, extra_labels=None, plan=None):
         calls.append((model, seed, 0 if extra_labels is None else len(extra_labels)))
         out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({"model": model, "seed": seed}))
         return out
 
@@ -52,6 +54,7 @@ def fake_training(monkeypatch):
         return table
 
     monkeypatch.setattr("mer.train.fit.fit", fit)
+    monkeypatch.setattr("mer.train.cache.plan_read", lambda job: ReadPlan(job.store, {}, False, 0.0))
     monkeypatch.setattr("mer.train.predict.predict", predict)
     return calls
 
@@ -74,7 +77,7 @@ def job(tmp_path):
             "truth": str(truth),
             "encoders": {"text": {"alias": "minilm"}},
             "train": {"seeds": [0, 1]},
-            "selftrain": {"rounds": 2, "threshold": 0.9, "voting": "prior", "min_new": 1},
+            "selftrain": {"rounds": 2, "threshold": 0.9, "voting": "prior", "min_new": 1, "test_threshold": 0.0},
         }
     )
 
@@ -145,6 +148,15 @@ def test_vote_test_fills_every_sample():
     assert np.allclose(out[[f"p_{k}" for k in LABELS]].sum(axis=1), 1.0)
 
 
+def test_test_vote_uses_the_pseudo_label_threshold_by_default():
+    """Unsure audio guesses (p 0.8 < tau 0.9) do not override on test unless test_threshold is 0."""
+    tables = {m: _probs(m, TEST, 0.8) for m in PLAN}
+    default = job_from_dict({"name": "x", "manifest": "m.csv", "selftrain": {"threshold": 0.9}})
+    assert rounds.vote_test(default, tables)["label"].iloc[0] == "happy"  # soft arg-max: agt + attention
+    every = job_from_dict({"name": "x", "manifest": "m.csv", "selftrain": {"threshold": 0.9, "test_threshold": 0.0}})
+    assert rounds.vote_test(every, tables)["label"].iloc[0] == "sad"  # the audio model's prior class
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):
@@ -208,3 +220,15 @@ def test_ablation_cells_feed_the_report(job, fake_training, monkeypatch):
     assert len(result["axes"]["fusion"][0]["waf"]) == 2  # one value per seed
     md = build_report(job.run_dir) and (Path(job.run_dir) / "report.md").read_text()
     assert "### Pseudo-label threshold sweep" in md and "| tau = 0.99 |" in md
+
+
+def test_round_0_reuses_the_train_stage_fits(job, fake_training):
+    """The train stage and round 0 share the fit cache: agt's seeds are trained once."""
+    from mer.train.cache import fit_many
+
+    stage = fit_many(job, [("agt", 0), ("agt", 1)])
+    assert all(p.parent == Path(job.run_dir) / "checkpoints" for p in stage.values())
+    fake_training.clear()
+    run_rounds(job, echo=lambda _: None)
+    round0 = [(m, s) for m, s, n in fake_training if n == 0]
+    assert sorted(round0) == [("attention", 0), ("attention", 1), ("unimodal", 0), ("unimodal", 1)]

@@ -104,7 +104,7 @@ def test_resume_after_injected_worker_failure_matches_clean_run(root, trained):
     """The rank-0 worker process dies at epoch 3; Ray restarts it from the last checkpoint."""
     from mer.train.fit import fit
 
-    resumed = fit(make_job(root, run="run_fail"), "agt", 0, root / "ckpt_fail", fail_at_epoch=3)
+    resumed = fit(make_job(root, run="run_fail", checkpoint_every_s=0), "agt", 0, root / "ckpt_fail", fail_at_epoch=3)
     config = json.loads((resumed / "config.json").read_text())
     assert config["resumed_at"][0] and 1 <= config["resumed_at"][0][0] <= 3
     assert [h["epoch"] for h in config["history"][0]] == list(range(8))
@@ -163,7 +163,7 @@ def test_predict_and_evaluate_cli_against_sklearn(root, trained, tmp_path):
 def test_train_stage_outputs_and_evaluate_stage(root, stage_summary, trained):
     from mer.report.stage import evaluate
 
-    assert trained == root / "run" / "checkpoints" / "agt_seed0"
+    assert trained.parent == root / "run" / "checkpoints" and trained.name.startswith("agt_s0_")
     assert stage_summary["n_test"] == 120 and stage_summary["n_unlabeled"] == 60
     unlabeled = pd.read_csv(root / "run" / "predictions_unlabeled.csv")
     assert list(unlabeled.columns) == ["sample_id", "label"] + [f"p_{c}" for c in LABELS]

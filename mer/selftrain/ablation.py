@@ -5,7 +5,7 @@ self-training rounds), so it lives where Ray may be used. Every cell is a list o
 per-seed values (``train.seeds``) that the report shows as mean +- std. Variants
 are the base job with a few keys overridden; they run in
 ``run_dir/ablation/<variant>/`` and share one fit cache
-(``run_dir/selftrain/fits``), so the supervised fits of round 0 are trained once
+(``run_dir/checkpoints``, see ``mer.train.cache``), so the supervised fits of round 0 are trained once
 for every voting / threshold variant.
 
 Axes (``report`` section of the job):
@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from mer.config import EncoderSpec, Job, job_from_dict
-from mer.selftrain.rounds import _cell, _score, fit_cached, predict_cached, run_rounds, split_truth
+from mer.selftrain.rounds import run_rounds, score, seed_cell, split_truth
+from mer.train.cache import fit_many, fits_dir_of, predict_cached
 
 NOISE_SEED = 1234
 
@@ -54,14 +55,15 @@ def variant(job: Job, name: str, **overrides) -> Job:
 def supervised_cells(job: Job, models: list[str], fits_dir: Path, store: str | None = None) -> dict[str, dict]:
     """Per-seed test metrics of models trained on the labeled split only."""
     truth = split_truth(job, "test")
+    ckpts = fit_many(job, [(m, s) for m in models for s in job.train.seeds], fits_dir=fits_dir)
     out = {}
     for model in models:
         scores = []
         for seed in job.train.seeds:
-            ckpt = fit_cached(job, model, seed, None, fits_dir)
+            ckpt = ckpts[(model, seed)]
             pred = predict_cached(ckpt, job.store, "test") if store is None else _predict_uncached(ckpt, store)
-            scores.append(_score(pred, truth, job.labels))
-        out[model] = _cell(scores)
+            scores.append(score(pred, truth, job.labels))
+        out[model] = seed_cell(scores)
     return out
 
 
@@ -187,7 +189,7 @@ def encoder_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
 
 def run(job: Job, echo=print) -> dict:
     """Train every ablation cell of ``job`` and write ``run_dir/ablation.json``."""
-    fits_dir = Path(job.run_dir) / "selftrain" / "fits"
+    fits_dir = fits_dir_of(job)
     rep = job.report
     axes: dict[str, list[dict]] = {}
     notes = []
@@ -213,7 +215,7 @@ def run(job: Job, echo=print) -> dict:
 
         bal = variant(job, "balanced", manifest=rep.balanced_manifest, store=str(job.store).rstrip("/") + "_balanced")
         extract(bal)
-        bal_fits = Path(bal.run_dir) / "fits"
+        bal_fits = fits_dir_of(bal)
         shifted = [dict(c, variant=f"shifted: {c['variant']}") for c in axes["voting"]]
         balanced = [{"variant": f"balanced: supervised {base}", **supervised_cells(bal, [base], bal_fits)[base]}]
         axes["balance"] = shifted + balanced + voting_cells(bal, bal_fits, "balanced: ", echo)

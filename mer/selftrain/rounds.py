@@ -11,21 +11,19 @@ say). The loop stops after the last round, or right after a round whose vote
 adds fewer than ``selftrain.min_new`` labels: that round's models are final.
 
 Every round also predicts the test split with the same vote (threshold
-``selftrain.test_threshold``; a sample still without a label takes the arg-max
-of the mean probability) and records test weighted F1, for the seed ensemble
+``selftrain.test_threshold``, by default ``selftrain.threshold``; a sample with
+no confident vote takes the arg-max of the mean probability) and records test weighted F1, for the seed ensemble
 and per seed, so the report can plot WAF per round.
 
-Work is cached by content, which makes the stage resumable and lets the
-ablation runner share it: a fit lives in ``fits/<model>_s<seed>_<key>/`` where
-the key hashes the training config, encoders, manifest, store and the exact
-pseudo-labels it trained on; a finished round leaves ``round_<r>/done.json`` and
+Work is cached by content (``mer.train.cache``), which makes the stage
+resumable, lets round 0 reuse the train stage's fits and lets the ablation
+runner share fits between variants; a finished round leaves ``round_<r>/done.json`` and
 ``round_<r>/pseudo_labels.csv``, and a rerun reuses both.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -36,62 +34,15 @@ import pandas as pd
 from mer.config import Job
 from mer.errors import MerError
 from mer.selftrain.voting import average_seeds, prob_columns, vote
+from mer.train.cache import digest, fingerprint, fit_many, fits_dir_of, predict_cached
 
 FOCUS_CLASSES = ("worried", "sad")
 
 
-def _digest(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def run_id(job: Job) -> str:
     """Stable id of a self-training run: the job name plus a hash of what shapes its labels."""
-    return f"{job.name}-{_digest(_fingerprint(job, selftrain=True))[:8]}"
-
-
-def _fingerprint(job: Job, selftrain: bool = False) -> dict:
-    train = dataclasses.asdict(job.train)
-    train.pop("seeds")
-    out = {
-        "train": train,
-        "encoders": {r: dataclasses.asdict(s) for r, s in sorted(job.encoders.items())},
-        "labels": job.labels,
-        "manifest": str(job.manifest),
-        "store": str(job.store),
-    }
-    if selftrain:
-        out["selftrain"] = dataclasses.asdict(job.selftrain)
-        out["seeds"] = job.train.seeds
-    return out
-
-
-def fit_cached(job: Job, model: str, seed: int, extra: pd.DataFrame | None, fits_dir: Path) -> Path:
-    """Train one model/seed on train + ``extra`` unless that exact fit is on disk."""
-    from mer.train.fit import fit
-
-    labels_key = [] if extra is None else sorted(zip(extra["sample_id"].astype(str), extra["label"].astype(str)))
-    key = _digest([_fingerprint(job), model, seed, labels_key])[:12]
-    out_dir = fits_dir / f"{model}_s{seed}_{key}"
-    done = out_dir / "done.json"
-    if done.exists():
-        return Path(json.loads(done.read_text())["checkpoint"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    extra_labels = None if extra is None or extra.empty else extra[["sample_id", "label"]].reset_index(drop=True)
-    checkpoint = Path(fit(job, model, seed, out_dir, extra_labels=extra_labels))
-    done.write_text(json.dumps({"checkpoint": str(checkpoint), "model": model, "seed": seed, "pseudo_labels": len(labels_key)}))
-    return checkpoint
-
-
-def predict_cached(checkpoint: Path, store: str, split: str) -> pd.DataFrame:
-    """Predictions of one checkpoint on one split, kept beside the checkpoint."""
-    from mer.train.predict import predict
-
-    path = checkpoint / f"predictions_{split}.csv"
-    if path.exists():
-        return pd.read_csv(path, dtype={"sample_id": str})
-    df = predict(checkpoint, store, split)
-    df.to_csv(path, index=False)
-    return df
+    key = {**fingerprint(job), "selftrain": dataclasses.asdict(job.selftrain), "seeds": job.train.seeds}
+    return f"{job.name}-{digest(key)[:8]}"
 
 
 def split_truth(job: Job, split: str = "test") -> pd.DataFrame | None:
@@ -133,14 +84,16 @@ def vote_test(job: Job, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     the predictions CSV format.
     """
     cols = prob_columns(job.labels)
-    voted = vote(tables, job.labels, tau=job.selftrain.test_threshold, keep_unlabeled=True, **vote_kwargs(job))
+    st = job.selftrain
+    tau = st.threshold if st.test_threshold is None else st.test_threshold
+    voted = vote(tables, job.labels, tau=tau, keep_unlabeled=True, **vote_kwargs(job))
     mean = average_seeds(list(tables.values()), job.labels)
     out = mean.merge(voted[["sample_id", "label"]].rename(columns={"label": "voted"}), on="sample_id", how="left")
     out["label"] = out["voted"].where(out["voted"].notna(), out["label"])
     return out[["sample_id", "label", *cols]]
 
 
-def _score(pred: pd.DataFrame, truth: pd.DataFrame | None, labels: list[str]) -> dict | None:
+def score(pred: pd.DataFrame, truth: pd.DataFrame | None, labels: list[str]) -> dict | None:
     if truth is None:
         return None
     from mer.report.metrics import evaluate
@@ -148,7 +101,7 @@ def _score(pred: pd.DataFrame, truth: pd.DataFrame | None, labels: list[str]) ->
     return evaluate(pred, truth, labels)
 
 
-def _cell(metrics: list[dict | None]) -> dict:
+def seed_cell(metrics: list[dict | None]) -> dict:
     """Per-seed metric dicts -> lists the report shows as mean +- std."""
     ok = [m for m in metrics if m]
     cell = {"waf": [m["weighted_f1"] for m in ok]}
@@ -170,8 +123,9 @@ def run_rounds(
         job: the job; reads ``selftrain``, ``train.seeds``, ``store``, ``truth``.
         echo: progress printer.
         on_round: called with each round's record (the stage publishes metrics).
-        fits_dir: fit cache (default ``run_dir/selftrain/fits``); the ablation
-            runner shares one between its variants.
+        fits_dir: fit cache (default ``run_dir/checkpoints``, the train
+            stage's, so round 0 reuses its fits); the ablation runner shares
+            one between its variants.
 
     Returns:
         The dict written to ``run_dir/selftrain.json``.
@@ -185,7 +139,7 @@ def run_rounds(
         raise MerError(f"selftrain: prior voting trusts the audio model, but train.unimodal_role is '{job.train.unimodal_role}'")
     rid = run_id(job)
     root = Path(job.run_dir) / "selftrain"
-    fits_dir, run_root = Path(fits_dir or root / "fits"), root / rid
+    fits_dir, run_root = Path(fits_dir or fits_dir_of(job)), root / rid
     store = open_store(job.store)
     test_truth = split_truth(job, "test")
     hidden = read_truth(job.truth)
@@ -228,11 +182,9 @@ def _one_round(job, r, rdir, accepted, fits_dir, test_truth, hidden, echo) -> tu
     """Fit every model x seed on train + ``accepted``; score test; vote on the rest of unlabeled."""
     st = job.selftrain
     extra = None if accepted.empty else accepted[["sample_id", "label"]]
-    ckpts = {}
-    for model in st.models:
-        for seed in job.train.seeds:
-            echo(f"   round {r}: fit {model} seed {seed} on train + {0 if extra is None else len(extra)} pseudo-labels")
-            ckpts[(model, seed)] = fit_cached(job, model, seed, extra, fits_dir)
+    echo(f"   round {r}: fit {', '.join(st.models)} x seeds {job.train.seeds} "
+         f"on train + {0 if extra is None else len(extra)} pseudo-labels")
+    ckpts = fit_many(job, [(m, s) for m in st.models for s in job.train.seeds], extra, fits_dir)
 
     def tables(split, seeds):
         return {m: average_seeds([predict_cached(ckpts[(m, s)], job.store, split) for s in seeds], job.labels) for m in st.models}
@@ -240,10 +192,10 @@ def _one_round(job, r, rdir, accepted, fits_dir, test_truth, hidden, echo) -> tu
     test_tables = tables("test", job.train.seeds)
     test_pred = vote_test(job, test_tables)
     test_pred.to_csv(rdir / "predictions_test.csv", index=False)
-    metrics = _score(test_pred, test_truth, job.labels)
-    per_seed = [_score(vote_test(job, tables("test", [s])), test_truth, job.labels) for s in job.train.seeds]
+    metrics = score(test_pred, test_truth, job.labels)
+    per_seed = [score(vote_test(job, tables("test", [s])), test_truth, job.labels) for s in job.train.seeds]
     per_model = {
-        m: _cell([_score(predict_cached(ckpts[(m, s)], job.store, "test"), test_truth, job.labels) for s in job.train.seeds])
+        m: seed_cell([score(predict_cached(ckpts[(m, s)], job.store, "test"), test_truth, job.labels) for s in job.train.seeds])
         for m in st.models
     }
     record = {
@@ -252,7 +204,7 @@ def _one_round(job, r, rdir, accepted, fits_dir, test_truth, hidden, echo) -> tu
         "test_weighted_f1": None if metrics is None else metrics["weighted_f1"],
         "test_metrics": metrics,
         "test_weighted_f1_per_seed": [m["weighted_f1"] for m in per_seed if m],
-        "vote_per_seed": _cell(per_seed),
+        "vote_per_seed": seed_cell(per_seed),
         "models": per_model,
         "added": 0,
         "added_per_class": dict.fromkeys(job.labels, 0),
@@ -314,7 +266,7 @@ def _write_outputs(job: Job, summary: dict, final_pred: Path, test_truth) -> Non
     if current.exists() and not kept.exists():
         current.rename(kept)
     if kept.exists():
-        summary["train_stage"] = _score(pd.read_csv(kept, dtype={"sample_id": str}), test_truth, job.labels)
+        summary["train_stage"] = score(pd.read_csv(kept, dtype={"sample_id": str}), test_truth, job.labels)
     current.write_bytes(final_pred.read_bytes())
     (run_dir / "selftrain.json").write_text(json.dumps(summary, indent=2, default=float))
 

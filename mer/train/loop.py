@@ -3,7 +3,8 @@
 Read top to bottom: read the features, pick train/validation rows, build the
 model, restore the last checkpoint if Ray restarted us, then per epoch:
 shuffle with a seed derived from (seed, epoch), train this worker's shard,
-validate, checkpoint, stop early when validation weighted F1 stalls.
+validate, checkpoint (at most every ``checkpoint_every_s`` seconds, and at the
+end), stop early when validation weighted F1 stalls.
 
 Deriving every random draw from (seed, epoch) instead of a running generator
 is why a run resumed from a checkpoint ends with the same weights as a run
@@ -215,6 +216,7 @@ def train_loop(config: dict) -> None:
         # AGT's "missing audio" token gets no gradient in a batch where every clip has audio.
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
 
+    last_report = time.perf_counter()
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         if state["done"]:
             break
@@ -246,7 +248,9 @@ def train_loop(config: dict) -> None:
             print(f"[{config['tag']}] epoch {epoch + 1}/{cfg.epochs} loss {metrics['train_loss']:.4f} "
                   f"val_f1 {metrics['val_f1']:.4f} (best {state['best_f1']:.4f}) "
                   f"{metrics['epoch_seconds']:.2f}s", file=sys.__stdout__, flush=True)
-        _report(model, optimizer, scheduler, state, best_path, metrics, rank)
+        if state["done"] or time.perf_counter() - last_report >= cfg.checkpoint_every_s:
+            _report(model, optimizer, scheduler, state, best_path, metrics, rank)
+            last_report = time.perf_counter()
         if state["done"]:
             break
 
