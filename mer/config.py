@@ -166,7 +166,16 @@ class FinetuneConfig:
         deepspeed: DeepSpeed config dict, or a path to a JSON file.
         epochs, lr, batch_size: optimiser settings per worker.
         num_workers, use_gpu: Ray Train scaling.
-        lora: use a LoRA adapter (peft) instead of full fine-tuning.
+        lora: train a LoRA adapter (peft) on the backbone instead of every weight
+            (text role); the classification head stays fully trainable and the
+            export merges the adapter into the base weights (``merge_and_unload``),
+            so it loads with plain transformers.
+        lora_r: rank of the LoRA update matrices (> 0).
+        lora_alpha: LoRA scaling numerator (> 0); the update is scaled by ``lora_alpha / lora_r``.
+        lora_dropout: dropout on the LoRA input, in [0, 1).
+        lora_target_modules: module names (or name suffixes) that get an adapter,
+            e.g. ``[q_proj, v_proj]`` for Llama, ``[W_pack]`` for Baichuan; ``null``
+            = peft's default for the architecture (an error if peft has none).
         layer: hidden layer pooled for the classification head.
         out: folder for the exported Hugging Face model (default run_dir/finetuned_<role>).
         max_length: tokens kept per transcript (text role).
@@ -186,6 +195,10 @@ class FinetuneConfig:
     num_workers: int = 2
     use_gpu: bool = False
     lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
     layer: int = -1
     out: str | None = None
     max_length: int = 128
@@ -370,7 +383,26 @@ def job_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Jo
         raise ConfigError(f"encoders: unknown role '{bad_roles[0]}' (known: {', '.join(ROLES)})")
     if len(set(job.labels)) != len(job.labels) or not job.labels:
         raise ConfigError("labels: must be a non-empty list of distinct names")
+    _check_lora(job.finetune)
     return job
+
+
+def _check_lora(cfg: FinetuneConfig) -> None:
+    """Value checks of the ``finetune.lora_*`` keys (their types are checked by ``_build``)."""
+    if cfg.lora_r <= 0:
+        raise ConfigError(f"finetune.lora_r: expected a positive rank, got {cfg.lora_r}")
+    if cfg.lora_alpha <= 0:
+        raise ConfigError(f"finetune.lora_alpha: expected a positive number, got {cfg.lora_alpha}")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ConfigError(f"finetune.lora_dropout: expected a probability in [0, 1), got {cfg.lora_dropout}")
+    targets = cfg.lora_target_modules
+    if targets is not None and (not targets or not all(t.strip() for t in targets)):
+        raise ConfigError(
+            f"finetune.lora_target_modules: expected module names such as [q_proj, v_proj] "
+            f"(or null for peft's default), got {targets!r}"
+        )
+    if cfg.lora and cfg.role != "text":
+        raise ConfigError(f"finetune.lora: LoRA is supported for role text only, got role {cfg.role!r}")
 
 
 def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Job:

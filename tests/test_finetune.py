@@ -89,6 +89,25 @@ def assert_loss_decreases(summary):
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
 
 
+def assert_reextracted(summary, job, base_version):
+    """A new encoder version, a new table, every text row again; the job now reads the export."""
+    from mer.encoders import encoder_version
+    from mer.store import open_store
+
+    after = summary["extract"]["text"]
+    assert after["version"] == encoder_version(job.encoders["text"]) != base_version
+    assert after["written"] == 36 and after["failed"] == 0  # every transcript of every split
+    assert len(open_store(job.store).read("hf_text", after["version"]).ids) == 36
+    assert job.encoders["text"].model == summary["out"]  # later stages of the job read the fine-tuned features
+
+
+LM_HEAD_PARAMS = 30522 * 64  # tiny_llama's untied LM head (MiniLM vocabulary x hidden 64), always frozen
+
+# two transcripts, the first padded: pooling must ignore the padding
+IDS = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
+MASK = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+
+
 # --- unit: DeepSpeed config ----------------------------------------------------
 def test_deepspeed_config_fills_job_values_only():
     cfg = FinetuneConfig(
@@ -152,20 +171,72 @@ def test_pooling_ignores_padding_and_export_roundtrip(tmp_path, tiny_llama):
 
     torch.manual_seed(1)
     model = PooledClassifier(load_backbone(str(tiny_llama), "text"), num_classes=6, layer=-2).eval()
-    ids = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     with torch.no_grad():
-        padded = model(input_ids=ids, attention_mask=mask)
-        alone = model(input_ids=ids[:1, :3], attention_mask=mask[:1, :3])
+        padded = model(input_ids=IDS, attention_mask=MASK)
+        alone = model(input_ids=IDS[:1, :3], attention_mask=MASK[:1, :3])
     torch.testing.assert_close(padded[:1], alone, rtol=1e-4, atol=1e-5)
 
     out = export_folder(model.backbone, model.state_dict(), tmp_path / "export", str(tiny_llama), "text",
                         {"layer": -2, "label_names": LABELS})
     reloaded = load_finetuned(out)
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=ids, attention_mask=mask), padded)
+        torch.testing.assert_close(reloaded(input_ids=IDS, attention_mask=MASK), padded)
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
     assert type(AutoModel.from_pretrained(out)).__name__ == "LlamaModel"  # what hf_text loads
+
+
+def test_lora_merge_export_roundtrip(tmp_path, tiny_llama):
+    """merge_lora + export_folder: a plain Llama folder whose logits are the adapted model's."""
+    from transformers import AutoModelForCausalLM
+
+    from mer.finetune.model import add_lora, count_parameters, load_backbone, lora_config, merge_lora
+
+    torch.manual_seed(1)
+    backbone = add_lora(load_backbone(str(tiny_llama), "text"), lora_config(r=4, alpha=8, dropout=0.1))
+    model = PooledClassifier(backbone, num_classes=6, layer=-2).eval()
+    # q_proj, v_proj x 2 layers x (A: 4 x 64 + B: 64 x 4) + the head
+    assert count_parameters(model)[0] == 2 * 2 * (4 * 64 + 64 * 4) + 6 * 64 + 6
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: make the adapter change something
+                param.normal_(0, 0.1)
+        adapted = model(input_ids=IDS, attention_mask=MASK)
+    state_dict = {k: v.clone() for k, v in model.state_dict().items()}
+    merged, merged_state = merge_lora(model.backbone, state_dict)
+    torch.testing.assert_close(model.state_dict(), state_dict, rtol=0, atol=0)  # gathered tensors untouched
+    assert not any("lora" in k or "base_layer" in k for k in merged_state)
+
+    out = export_folder(merged, merged_state, tmp_path / "export", str(tiny_llama), "text",
+                        {"layer": -2, "label_names": LABELS})
+    assert not (out / "adapter_config.json").exists()
+    with torch.no_grad():
+        torch.testing.assert_close(load_finetuned(out)(input_ids=IDS, attention_mask=MASK), adapted)
+    _, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_lora_config_errors(tmp_path, text_manifest, tiny_llama):
+    from mer.finetune.launch import worker_config
+
+    def job(**finetune):
+        return text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3}, lora=True, **finetune)
+
+    assert job().finetune.lora_r == 8 and job().finetune.lora_target_modules is None
+    for bad, match in [
+        ({"lora_r": 0}, "finetune.lora_r: expected a positive rank"),
+        ({"lora_r": 2.5}, "finetune.lora_r: expected int"),
+        ({"lora_alpha": -16}, "finetune.lora_alpha"),
+        ({"lora_dropout": 1.0}, r"finetune.lora_dropout: expected a probability in \[0, 1\)"),
+        ({"lora_target_modules": []}, "finetune.lora_target_modules: expected module names"),
+        ({"lora_target_modules": "q_proj"}, "finetune.lora_target_modules: expected a list"),
+        ({"role": "video"}, "role text only"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            job(**bad)
+    # modules the model does not have: refused before anything is launched
+    with pytest.raises(ConfigError, match=r"finetune.lora_target_modules=\['W_pack'\]: Target modules"):
+        worker_config(job(lora_target_modules=["W_pack"]))
+    assert worker_config(job(lora_target_modules=["q_proj", "o_proj"]))["lora"]["r"] == 8
 
 
 def test_cli_finetune_plan():
@@ -219,7 +290,6 @@ def test_zero3_text_finetune_export_and_reextract(tmp_path, ray_local, text_mani
     from mer.encoders import encoder_version
     from mer.finetune.launch import finetune
     from mer.finetune.stage import run as finetune_stage
-    from mer.store import open_store
 
     job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3})
     base_version = encoder_version(job.encoders["text"])
@@ -227,6 +297,7 @@ def test_zero3_text_finetune_export_and_reextract(tmp_path, ray_local, text_mani
 
     assert summary["zero_stage"] == 3 and not summary["skipped"]
     assert_loss_decreases(summary)
+    assert summary["trainable_params"] == summary["total_params"] - LM_HEAD_PARAMS  # all but the LM head
     # the export loads with plain transformers and reproduces the engine's logits
     assert summary["export_max_abs_diff"] < 1e-5
     out = summary["out"]
@@ -236,12 +307,7 @@ def test_zero3_text_finetune_export_and_reextract(tmp_path, ray_local, text_mani
     assert not torch.allclose(tuned.state_dict()[key], base.state_dict()[key])  # trained, not copied
     torch.testing.assert_close(tuned.lm_head.weight, base.lm_head.weight)  # frozen: the head never reads it
     assert set(load_file(f"{out}/classifier.safetensors")) == {"weight", "bias"}
-    # a new encoder version, a new table, every text row again
-    after = summary["extract"]["text"]
-    assert after["version"] == encoder_version(job.encoders["text"]) != base_version
-    assert after["written"] == 36 and after["failed"] == 0  # every transcript of every split
-    assert len(open_store(job.store).read("hf_text", after["version"]).ids) == 36
-    assert job.encoders["text"].model == out  # later stages of the job read the fine-tuned features
+    assert_reextracted(summary, job, base_version)
 
     again = finetune(text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3}))  # same inputs: no retraining
     assert again["skipped"] and again["losses"] == summary["losses"]
@@ -249,14 +315,48 @@ def test_zero3_text_finetune_export_and_reextract(tmp_path, ray_local, text_mani
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # minutes on an idle 2-core box; a shared, saturated one needs far more
-@pytest.mark.parametrize("zero", [
-    {"stage": 2, "offload_optimizer": {"device": "cpu"}},
-    {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}},
-], ids=["zero2-offload-optimizer", "zero3-offload-all"])
-def test_text_finetune_zero2_and_offload(tmp_path, ray_local, text_manifest, tiny_llama, zero):
+def test_zero3_lora_text_finetune_merged_export_and_reextract(tmp_path, ray_local, text_manifest, tiny_llama):
+    """LoRA under ZeRO-3: only adapter + head train; the export holds merged weights, loadable without peft."""
+    from transformers import AutoModelForCausalLM
+
+    from mer.encoders import encoder_version
+    from mer.finetune.stage import run as finetune_stage
+
+    job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3}, lora=True, lr=1e-2)
+    base_version = encoder_version(job.encoders["text"])
+    summary = finetune_stage(job)
+
+    assert summary["zero_stage"] == 3 and not summary["skipped"]
+    assert_loss_decreases(summary)
+    # default targets for llama (q_proj, v_proj), r 8: 2 layers x 2 x (8 x 64 + 64 x 8), + the head
+    assert summary["trainable_params"] == 2 * 2 * (8 * 64 + 64 * 8) + 6 * 64 + 6
+    assert summary["trainable_params"] < 0.005 * (summary["total_params"] - LM_HEAD_PARAMS)  # vs full fine-tuning
+    assert summary["export_max_abs_diff"] < 1e-5  # merged export == the engine's adapted model
+    out = summary["out"]
+    assert not os.path.exists(f"{out}/adapter_config.json")
+    tuned, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tuned, base = tuned.state_dict(), AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    for layer in (0, 1):  # the adapter's update, merged: a nonzero delta of rank <= r on the targets only
+        delta = tuned[f"model.layers.{layer}.self_attn.q_proj.weight"] - base[f"model.layers.{layer}.self_attn.q_proj.weight"]
+        assert 0 < torch.linalg.matrix_rank(delta) <= 8
+        torch.testing.assert_close(tuned[f"model.layers.{layer}.self_attn.k_proj.weight"],
+                                   base[f"model.layers.{layer}.self_attn.k_proj.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(tuned["model.embed_tokens.weight"], base["model.embed_tokens.weight"], rtol=0, atol=0)
+    assert_reextracted(summary, job, base_version)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes on an idle 2-core box; a shared, saturated one needs far more
+@pytest.mark.parametrize("zero, extra", [
+    ({"stage": 2, "offload_optimizer": {"device": "cpu"}}, {}),
+    ({"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}, {}),
+    ({"stage": 2}, {"lora": True, "lr": 1e-2, "lora_target_modules": ["q_proj", "v_proj", "o_proj"]}),
+], ids=["zero2-offload-optimizer", "zero3-offload-all", "zero2-lora"])
+def test_text_finetune_zero2_and_offload(tmp_path, ray_local, text_manifest, tiny_llama, zero, extra):
     from mer.finetune.launch import finetune
 
-    summary = finetune(text_job(tmp_path, text_manifest, tiny_llama, zero, reextract=False))
+    summary = finetune(text_job(tmp_path, text_manifest, tiny_llama, zero, reextract=False, **extra))
     assert summary["zero_stage"] == zero["stage"]
     assert_loss_decreases(summary)
     assert summary["export_max_abs_diff"] < 1e-5

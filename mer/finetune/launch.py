@@ -34,8 +34,10 @@ def worker_config(job: Job) -> dict:
     model = encoder_class(spec.alias).resolve_model(spec) if spec else None
     if not model:
         raise MerError(f"finetune.role={cfg.role}: the job needs an encoders.{cfg.role} with a model (hub name or folder)")
+    lora = None
     if cfg.lora:
-        raise MerError("finetune.lora: LoRA is not supported yet; use ZeRO-3 with offload to save memory")
+        lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "target_modules": cfg.lora_target_modules}
+        check_lora_targets(model, spec.trust_remote_code, lora)
     examples = labeled_examples(job)
     ds_config = resolve_deepspeed_config(cfg, cfg.num_workers, cfg.use_gpu)
     settings = {
@@ -45,6 +47,8 @@ def worker_config(job: Job) -> dict:
         "seed": cfg.seed, "max_length": cfg.max_length, "gradient_checkpointing": cfg.gradient_checkpointing,
         "num_frames": spec.num_frames, "face_crop": spec.face_crop,
     }
+    if lora:  # only then: fingerprints of full fine-tuning runs stay as they were
+        settings["lora"] = lora
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(examples.to_csv(index=False).encode())
     return settings | {
@@ -52,6 +56,20 @@ def worker_config(job: Job) -> dict:
         "backend": "nccl" if cfg.use_gpu else "gloo", "fingerprint": digest.hexdigest()[:16],
         "num_examples": len(examples), "num_pseudo": int((examples["source"] == "pseudo").sum()),
     }
+
+
+def check_lora_targets(model: str, trust_remote_code: bool, lora: dict) -> None:
+    """Fail before launching when the LoRA targets do not resolve (model built on the meta device).
+
+    Raises:
+        ConfigError: peft has no default targets for the architecture, or a named module is missing.
+    """
+    import transformers
+
+    from mer.finetune.model import add_lora, empty_model, lora_config
+
+    config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    add_lora(empty_model(config), lora_config(**lora))
 
 
 def _finished(out: Path, fingerprint: str) -> dict | None:
@@ -95,7 +113,8 @@ def finetune(job: Job) -> dict:
     probe = run_dir / f"finetune_{job.finetune.role}_{PROBE_FILE}"
     shutil.move(out / PROBE_FILE, probe)
     gap = export_logit_gap(out, probe, trust_remote_code=config["trust_remote_code"])
-    metrics = {k: v for k, v in result.metrics.items() if k in ("loss", "losses", "step", "seconds", "zero_stage")}
+    kept = ("loss", "losses", "step", "seconds", "zero_stage", "trainable_params", "total_params")
+    metrics = {k: v for k, v in result.metrics.items() if k in kept}
     return {
         "out": str(out), "base_model": config["model"], "skipped": False, "export_max_abs_diff": gap,
         "examples": config["num_examples"], "pseudo_examples": config["num_pseudo"], **metrics,

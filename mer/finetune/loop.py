@@ -6,7 +6,9 @@ pattern Ray documents for DeepSpeed. Every rank runs the same number of steps
 (ZeRO's collectives need it), so each rank's share of the examples is padded
 by ``DistributedSampler``.
 
-At the end every rank joins the gather of the ZeRO-3 shards; rank 0 writes the
+At the end every rank joins the gather of the ZeRO-3 shards; under LoRA the
+gathered state dict holds base weights and adapter matrices, which rank 0
+merges on CPU (peft ``merge_and_unload``) before it writes the
 plain Hugging Face export and hands it to Ray Train as the run's checkpoint,
 which Ray persists to the run's storage (a shared folder or object store on a
 cluster), so the driver finds it wherever the workers ran.
@@ -25,7 +27,16 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mer.finetune.dsconfig import zero_stage
-from mer.finetune.model import PooledClassifier, export_folder, freeze_unused_output_head, load_backbone
+from mer.finetune.model import (
+    PooledClassifier,
+    add_lora,
+    count_parameters,
+    export_folder,
+    freeze_unused_output_head,
+    load_backbone,
+    lora_config,
+    merge_lora,
+)
 
 PROBE_SIZE = 4  # examples whose final logits are kept, to check the export
 PROBE_FILE = "probe.safetensors"
@@ -112,6 +123,10 @@ def _build_model(cfg: dict, ds_config: dict) -> PooledClassifier:
     if cfg["gradient_checkpointing"]:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(cfg["seed"])
+    if cfg.get("lora"):
+        # Adapter matrices are created outside zero.Init; deepspeed.initialize
+        # partitions them (ZeRO-3) and broadcasts rank 0's values like the head's.
+        backbone = add_lora(backbone, lora_config(**cfg["lora"]))
     return PooledClassifier(backbone, cfg["num_classes"], cfg["layer"])
 
 
@@ -139,7 +154,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     ds_config = cfg["ds_config"]
     deepspeed.init_distributed(dist_backend=cfg["backend"])  # reuses Ray Train's process group
     model = _build_model(cfg, ds_config)
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainable_params, total_params = count_parameters(model)
+    params = [p for p in model.parameters() if p.requires_grad]  # LoRA: adapter + head only
     optimizer = None if "optimizer" in ds_config else torch.optim.AdamW(params, lr=cfg["lr"])
     engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer, config=ds_config)
     dtype = _train_dtype(ds_config)
@@ -188,14 +204,18 @@ def train_loop_per_worker(cfg: dict) -> None:
         "epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses)), "losses": losses,
         "seconds": round(time.perf_counter() - start, 1),
         "zero_stage": zero_stage(ds_config), "world_size": world,
+        "trainable_params": trainable_params, "total_params": total_params,
     }
     state_dict = _gathered_state_dict(engine)
     if rank != 0:
         ray.train.report(metrics)
         return
+    backbone = engine.module.backbone
+    if cfg.get("lora"):
+        backbone, state_dict = merge_lora(backbone, state_dict)
     with tempfile.TemporaryDirectory() as tmp:
         export_folder(
-            engine.module.backbone, state_dict, tmp, cfg["model"], cfg["role"],
+            backbone, state_dict, tmp, cfg["model"], cfg["role"],
             {k: cfg[k] for k in ("layer", "label_names", "fingerprint")} | {"train_metrics": metrics},
             trust_remote_code=cfg["trust_remote_code"],
         )

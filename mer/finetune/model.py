@@ -7,10 +7,16 @@ Our choice where the paper is silent: the head is one linear layer over what
 the extractor later reads, so fine-tuning shapes those features: for text the
 masked token mean of hidden layer ``finetune.layer``; for CLIP the pooled
 (post-layernorm CLS) output of the vision tower, per frame.
+
+With ``finetune.lora`` the text backbone is wrapped by peft (``add_lora``):
+only the adapter matrices and the head train. The export merges the adapter
+into the base weights (``merge_lora``), so the folder is the plain base
+architecture and nothing downstream needs peft.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -42,6 +48,79 @@ def load_backbone(model: str, role: str, trust_remote_code: bool = False, dtype=
     config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     cls = getattr(transformers, auto_class_name(config))
     return cls.from_pretrained(model, trust_remote_code=trust_remote_code, dtype=dtype)
+
+
+def empty_model(config) -> nn.Module:
+    """The architecture of ``config`` on the meta device: no weights, no memory, no download."""
+    import transformers
+
+    cls = getattr(transformers, auto_class_name(config))
+    with torch.device("meta"):
+        return cls.from_config(config, trust_remote_code=getattr(config, "auto_map", None) is not None)
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str] | None = None):
+    """peft ``LoraConfig`` of the ``finetune.lora_*`` keys (``target_modules`` None = peft's default)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
+
+
+def add_lora(backbone: nn.Module, config) -> nn.Module:
+    """Wrap ``backbone`` in a peft ``PeftModel``: only the LoRA matrices stay trainable.
+
+    Raises:
+        ConfigError: peft has no default target modules for the architecture,
+            or the named modules are not in the model.
+    """
+    from peft import get_peft_model
+
+    from mer.config import ConfigError
+
+    targets = sorted(config.target_modules) if config.target_modules else None
+    try:
+        return get_peft_model(backbone, config)
+    except ValueError as exc:
+        raise ConfigError(
+            f"finetune.lora_target_modules={targets}: {str(exc).splitlines()[0]} "
+            f"(model_type {getattr(backbone.config, 'model_type', '?')!r}; name the Linear modules to adapt)"
+        ) from None
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; ZeRO-3 partitioned parameters count in full."""
+    trainable = total = 0
+    for p in module.parameters():
+        n = getattr(p, "ds_numel", None) or p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def merge_lora(backbone: nn.Module, state_dict: dict) -> tuple[nn.Module, dict]:
+    """Merge a trained LoRA adapter into the base weights (peft ``merge_and_unload``).
+
+    Args:
+        backbone: the trained ``PeftModel`` (possibly ZeRO-3 partitioned); only
+            its base config and adapter config are read.
+        state_dict: the gathered full state dict of the ``PooledClassifier``
+            (base weights and adapter matrices).
+
+    Returns:
+        (plain backbone of the base architecture holding the merged weights,
+        the ``PooledClassifier`` state dict with merged backbone weights and the
+        head), ready for :func:`export_folder`.
+    """
+    weights, head = split_state_dict(state_dict)
+    config = copy.deepcopy(backbone.peft_config["default"])
+    adapter = add_lora(empty_model(backbone.get_base_model().config), config)
+    # assign: the gathered tensors become the parameters (no second copy); safe_merge
+    # writes each merged weight to a new tensor, so the gathered ones (which on CPU
+    # may share memory with the live engine) are never modified.
+    adapter.load_state_dict(weights, strict=True, assign=True)
+    merged = adapter.merge_and_unload(safe_merge=True)
+    merged_state = {f"backbone.{k}": v for k, v in merged.state_dict().items()}
+    return merged, merged_state | {f"head.{k}": v for k, v in head.items()}
 
 
 def hidden_size(backbone: nn.Module) -> int:
@@ -81,7 +160,9 @@ class PooledClassifier(nn.Module):
         if pixel_values is not None:
             return self.backbone(pixel_values=pixel_values).pooler_output
         # base_model skips the LM head of a causal LM: its logits are never used
-        out = self.backbone.base_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        # (get_base_model: under LoRA, the adapted model inside the PeftModel)
+        model = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         hidden = out.hidden_states[self.layer]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

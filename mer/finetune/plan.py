@@ -95,13 +95,9 @@ def model_config(name: str, trust_remote_code: bool = False):
 
 def count_params(config) -> tuple[int, int]:
     """(total, largest single module) parameter counts of the model built on the meta device."""
-    import torch
-    import transformers
+    from mer.finetune.model import empty_model
 
-    archs = getattr(config, "architectures", None) or []
-    cls = transformers.AutoModelForCausalLM if any(a.endswith("ForCausalLM") for a in archs) else transformers.AutoModel
-    with torch.device("meta"):
-        model = cls.from_config(config, trust_remote_code=getattr(config, "auto_map", None) is not None)
+    model = empty_model(config)
     # parameters() yields a tied weight once; meta tensors have no data_ptr to dedupe by
     total = sum(p.numel() for p in model.parameters())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
