@@ -38,4 +38,4 @@ bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf demo_corpus mer_store runs
+	rm -rf demo_corpus demo_corpus_balanced mer_store mer_store_* runs

@@ -219,6 +219,8 @@ class ReportConfig:
         snr_db: test-audio noise levels (dB SNR); audio removal is always added.
         audio_encoders: alternative audio encoder specs (alias or dict) to compare.
         balanced_manifest: manifest of a balanced test set for the voting question.
+        balanced_truth: hidden labels of that corpus's unlabeled split (pseudo-label
+            accuracy of the balanced variants; ``truth`` belongs to the main corpus).
     """
 
     fusion_models: list[str] = field(default_factory=lambda: ["concat", "attention", "agt"])
@@ -226,6 +228,7 @@ class ReportConfig:
     snr_db: list[float] = field(default_factory=lambda: [20.0, 10.0, 0.0])
     audio_encoders: list[Any] = field(default_factory=list)
     balanced_manifest: str | None = None
+    balanced_truth: str | None = None
 
 
 @dataclass
@@ -431,7 +434,7 @@ def path_overrides(job: Job, base: Path) -> list[str]:
     """``key=/abs/path`` overrides for the job's relative local paths.
 
     Outputs (store, run_dir, finetune.out) always become absolute; inputs
-    (manifest, truth, report.balanced_manifest, encoder model folders) only
+    (manifest, truth, report.balanced_manifest / balanced_truth, encoder model folders) only
     when they exist under ``base`` (an encoder's ``model`` is otherwise a hub
     name such as ``facebook/hubert-large-ll60k``).
     """
@@ -440,6 +443,7 @@ def path_overrides(job: Job, base: Path) -> list[str]:
         "manifest": job.manifest,
         "truth": job.truth,
         "report.balanced_manifest": job.report.balanced_manifest,
+        "report.balanced_truth": job.report.balanced_truth,
         **{f"encoders.{role}.model": spec.model for role, spec in job.encoders.items()},
     }
     pairs = []

@@ -232,3 +232,18 @@ def test_round_0_reuses_the_train_stage_fits(job, fake_training):
     run_rounds(job, echo=lambda _: None)
     round0 = [(m, s) for m, s, n in fake_training if n == 0]
     assert sorted(round0) == [("attention", 0), ("attention", 1), ("unimodal", 0), ("unimodal", 1)]
+
+
+def test_balanced_variants_score_pseudo_labels_against_their_own_truth(job, fake_training, monkeypatch, tmp_path):
+    from mer.selftrain import ablation
+
+    monkeypatch.setattr("mer.extract.stage.run", lambda j: {})
+    monkeypatch.setattr(ablation, "corruption_cells", lambda j, fits, echo: [])
+    other = tmp_path / "balanced_truth.csv"
+    pd.DataFrame({"sample_id": UNLABELED, "label": "neutral"}).to_csv(other, index=False)
+    report = {"fusion_models": ["attention", "agt"], "thresholds": [], "balanced_manifest": job.manifest,
+              "balanced_truth": str(other)}
+    ablation.run(job_from_dict({**_as_dict(job), "report": report}), echo=lambda _: None)
+    cells = {c["variant"]: c for c in json.loads((Path(job.run_dir) / "ablation.json").read_text())["axes"]["balance"]}
+    assert cells["shifted: + prior-knowledge voting"]["pseudo_accuracy"] == [1.0]
+    assert cells["balanced: + prior-knowledge voting"]["pseudo_accuracy"] == [0.0]

@@ -16,7 +16,8 @@ Axes (``report`` section of the job):
   added, their accuracy against ``truth``, test WAF.
 * ``balance``: the voting variants again on ``report.balanced_manifest`` (a corpus
   with a balanced test split, e.g. ``mer demo-data --balanced-test``), extracted
-  into its own store ``<store>_balanced`` because demo sample ids repeat.
+  into its own store ``<store>_balanced`` because demo sample ids repeat; its
+  hidden labels are ``report.balanced_truth``, never the main corpus' ``truth``.
 * ``corruption``: the supervised fusion models evaluated on the test split with
   white noise at ``report.snr_db`` dB SNR and with the audio removed. The
   corrupted test audio is written as WAV files beside a test-only manifest and
@@ -171,6 +172,13 @@ def corruption_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
     return cells
 
 
+def spec_label(spec: dict) -> str:
+    """``alias`` plus the settings that differ from the defaults: ``logmel (max_seconds=1.0)``."""
+    defaults = dataclasses.asdict(EncoderSpec(alias=spec["alias"]))
+    changed = [f"{k}={v}" for k, v in spec.items() if k != "alias" and v != defaults.get(k)]
+    return spec["alias"] + (f" ({', '.join(changed)})" if changed else "")
+
+
 def encoder_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
     """Supervised AGT and audio-only model with each alternative audio encoder."""
     from mer.extract.stage import run as extract
@@ -178,12 +186,14 @@ def encoder_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
     cells = []
     for spec in [job.encoders.get("audio"), *job.report.audio_encoders]:
         spec = spec if isinstance(spec, dict) else dataclasses.asdict(spec) if isinstance(spec, EncoderSpec) else {"alias": spec}
-        var = variant(job, f"audio_{spec['alias']}", **{"encoders.audio": spec, "extract.roles": ["audio"]})
+        label = spec_label(spec)
+        var = variant(job, "audio_" + "".join(c if c.isalnum() else "_" for c in label).strip("_"),
+                      **{"encoders.audio": spec, "extract.roles": ["audio"]})
         if spec != dataclasses.asdict(job.encoders["audio"]):
-            echo(f"   ablation: extract audio with {spec['alias']}")
+            echo(f"   ablation: extract audio with {label}")
             extract(var)
         for model, cell in supervised_cells(var, ["agt", "unimodal"], fits_dir).items():
-            cells.append({"variant": f"{spec['alias']}: {model}", **cell})
+            cells.append({"variant": f"{label}: {model}", **cell})
     return cells
 
 
@@ -213,7 +223,8 @@ def run(job: Job, echo=print) -> dict:
         echo("   ablation: balanced test set")
         from mer.extract.stage import run as extract
 
-        bal = variant(job, "balanced", manifest=rep.balanced_manifest, store=str(job.store).rstrip("/") + "_balanced")
+        bal = variant(job, "balanced", manifest=rep.balanced_manifest, truth=rep.balanced_truth,
+                      store=str(job.store).rstrip("/") + "_balanced")
         extract(bal)
         bal_fits = fits_dir_of(bal)
         shifted = [dict(c, variant=f"shifted: {c['variant']}") for c in axes["voting"]]

@@ -41,7 +41,8 @@ FOCUS_CLASSES = ("worried", "sad")
 
 def run_id(job: Job) -> str:
     """Stable id of a self-training run: the job name plus a hash of what shapes its labels."""
-    key = {**fingerprint(job), "selftrain": dataclasses.asdict(job.selftrain), "seeds": job.train.seeds}
+    key = {**fingerprint(job), "selftrain": dataclasses.asdict(job.selftrain), "seeds": job.train.seeds,
+           "truth": str(job.truth)}  # the rounds' records score pseudo-labels against it
     return f"{job.name}-{digest(key)[:8]}"
 
 
