@@ -114,9 +114,21 @@ def test_hf_audio_chunks_long_audio(models, clips):
     (v1, s1), (_, s2) = whole.encode([wave])[0], chunked.encode([wave])[0]
     assert abs(len(s1) - len(s2)) <= 2 * int(np.ceil(wave.size / 8000))  # conv edge frames per chunk
     assert len(s2) > 0.9 * len(s1)
-    # batching with a shorter clip (padding + attention mask) does not change a clip's features
-    v_batched = whole.encode([wave, wave[: wave.size // 3]])[0][0]
-    np.testing.assert_allclose(v_batched, v1, rtol=1e-3, atol=1e-4)
+    # batching with a slightly shorter clip (one padded pass + attention mask) and with a much
+    # shorter one (its own pass: length groups) does not change a clip's features
+    for other in (wave[: int(wave.size * 0.95)], wave[: wave.size // 3]):
+        v_batched = whole.encode([wave, other])[0][0]
+        np.testing.assert_allclose(v_batched, v1, rtol=1e-3, atol=1e-4)
+
+
+def test_length_groups_bound_padding():
+    from mer.encoders.hf_audio import length_groups
+
+    lengths = [100, 300, 105, 290, 109, 111, 1000]
+    groups = length_groups(lengths, 0.1)
+    assert groups == [[0, 2, 4], [5], [3, 1], [6]]
+    assert sorted(j for g in groups for j in g) == list(range(len(lengths)))
+    assert all(max(lengths[j] for j in g) <= 1.1 * min(lengths[j] for j in g) for g in groups)
 
 
 # --- hf_clip --------------------------------------------------------------------
