@@ -247,3 +247,13 @@ def test_balanced_variants_score_pseudo_labels_against_their_own_truth(job, fake
     cells = {c["variant"]: c for c in json.loads((Path(job.run_dir) / "ablation.json").read_text())["axes"]["balance"]}
     assert cells["shifted: + prior-knowledge voting"]["pseudo_accuracy"] == [1.0]
     assert cells["balanced: + prior-knowledge voting"]["pseudo_accuracy"] == [0.0]
+
+
+def test_execution_only_train_keys_reuse_the_fit_cache(job, fake_training):
+    from mer.train.cache import fit_cached
+
+    first = fit_cached(job, "agt", 0)
+    other = job_from_dict({**_as_dict(job), "train": {**_as_dict(job)["train"], "concurrent_fits": 1, "checkpoint_every_s": 0}})
+    assert fit_cached(other, "agt", 0) == first and len(fake_training) == 1
+    changed = job_from_dict({**_as_dict(job), "train": {**_as_dict(job)["train"], "lr": 0.5}})
+    assert fit_cached(changed, "agt", 0) != first and len(fake_training) == 2

@@ -75,9 +75,10 @@ class HFAudioEncoder(Encoder):
             for piece in self._chunks(wave):
                 chunks.append(piece)
                 owner.append(i)
-        valid = self.model._get_feat_extract_output_lengths(torch.tensor([len(c) for c in chunks])).tolist()
+        lengths = [len(c) for c in chunks]
+        valid = self.model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
         pieces: list[np.ndarray | None] = [None] * len(chunks)
-        for group in length_groups([len(c) for c in chunks], PAD_TOLERANCE):
+        for group in length_groups(lengths, PAD_TOLERANCE):
             frames = self._forward([chunks[j] for j in group])
             for row, j in enumerate(group):
                 pieces[j] = frames[row, : max(1, int(valid[j]))]

@@ -16,7 +16,6 @@ cluster), so the driver finds it wherever the workers ran.
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 import time
 
@@ -108,11 +107,11 @@ def _frame_batches(cfg: dict, rank: int, world: int):
 
 def _build_model(cfg: dict, ds_config: dict) -> PooledClassifier:
     dtype = _train_dtype(ds_config)
-    if zero_stage(ds_config) == 3 and importlib.util.find_spec("accelerate"):
+    if zero_stage(ds_config) == 3:
         # Alive during from_pretrained: transformers builds the model under
-        # deepspeed.zero.Init, so each rank only ever holds its shard. It needs
-        # accelerate; without it every rank loads a full copy in host RAM first
-        # (26 GB per rank for a 13B model in bf16), then initialize() shards it.
+        # deepspeed.zero.Init (with accelerate, a dependency), so each rank only
+        # ever holds its shard instead of a full copy in host RAM first (26 GB
+        # per rank for a 13B model in bf16).
         from transformers.integrations import HfDeepSpeedConfig
 
         keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841

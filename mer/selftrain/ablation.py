@@ -5,8 +5,8 @@ self-training rounds), so it lives where Ray may be used. Every cell is a list o
 per-seed values (``train.seeds``) that the report shows as mean +- std. Variants
 are the base job with a few keys overridden; they run in
 ``run_dir/ablation/<variant>/`` and share one fit cache
-(``run_dir/checkpoints``, see ``mer.train.cache``), so the supervised fits of round 0 are trained once
-for every voting / threshold variant.
+(``run_dir/checkpoints``, see ``mer.train.cache``), so the supervised fits of
+round 0 are trained once for every voting / threshold variant.
 
 Axes (``report`` section of the job):
 

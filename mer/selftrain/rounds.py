@@ -12,13 +12,15 @@ adds fewer than ``selftrain.min_new`` labels: that round's models are final.
 
 Every round also predicts the test split with the same vote (threshold
 ``selftrain.test_threshold``, by default ``selftrain.threshold``; a sample with
-no confident vote takes the arg-max of the mean probability) and records test weighted F1, for the seed ensemble
-and per seed, so the report can plot WAF per round.
+no confident vote takes the arg-max of the mean probability) and records test
+weighted F1, for the seed ensemble and per seed, so the report can plot WAF per
+round.
 
 Work is cached by content (``mer.train.cache``), which makes the stage
 resumable, lets round 0 reuse the train stage's fits and lets the ablation
-runner share fits between variants; a finished round leaves ``round_<r>/done.json`` and
-``round_<r>/pseudo_labels.csv``, and a rerun reuses both.
+runner share fits between variants; a finished round leaves
+``round_<r>/done.json`` and ``round_<r>/pseudo_labels.csv``, and a rerun reuses
+both.
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ from mer.config import Job
 from mer.train.data import ReadPlan, plan_read
 
 DONE = "done.json"
+#: Training keys that change how a fit runs, not its weights (a resumed fit ends
+#: with the same weights whenever it checkpointed): changing them reuses the cache.
+EXECUTION_ONLY = ("checkpoint_every_s", "concurrent_fits")
 
 
 def digest(obj) -> str:
@@ -37,7 +40,8 @@ def digest(obj) -> str:
 def fingerprint(job: Job) -> dict:
     """What a fit of ``job`` depends on besides the model name, seed and extra labels."""
     train = dataclasses.asdict(job.train)
-    train.pop("seeds")
+    for key in ("seeds", *EXECUTION_ONLY):
+        train.pop(key)
     return {
         "train": train,
         "encoders": {r: dataclasses.asdict(s) for r, s in sorted(job.encoders.items())},
