@@ -29,7 +29,7 @@ from torch import nn
 from mer.config import job_from_dict
 from mer.models import build_model
 from mer.train.data import load_features
-from mer.train.loop import choose_rows, epoch_order, targets_of, train_epoch
+from mer.train.learner import choose_rows, epoch_order, targets_of, train_epoch
 from mer.train.synthetic import write_synthetic_features
 
 

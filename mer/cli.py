@@ -107,6 +107,30 @@ def run(job_file, overrides) -> None:
     click.echo(f"next: mer query tables --store {job.store}")
 
 
+@cli.command("tune", context_settings={"ignore_unknown_options": True})
+@click.argument("job_file", type=click.Path())
+@click.argument("overrides", nargs=-1)
+def tune(job_file, overrides) -> None:
+    """Choose a training recipe by K-fold CV on the labeled train split (Ray Tune).
+
+    The job's ``tune:`` section names the search (space, num_samples, folds,
+    seeds, scheduler random|asha). Rerunning a killed search resumes it.
+
+    \b
+    Example:
+      mer tune jobs/tune.yaml tune.num_samples=30 tune.scheduler=asha
+    """
+    from mer.config import load_job
+    from mer.pipeline import run_tune
+
+    job = load_job(job_file, overrides)
+    summary = run_tune(job, echo=click.echo)
+    best = ", ".join(f"{k}={v}" for k, v in summary["best"].items())
+    click.echo(f"best of {summary['trials']} trials: CV weighted F1 {summary['best_cv_weighted_f1']:.4f} ({best})")
+    click.echo(f"results in {job.run_dir}/tune_results.csv, tune.png; search state in {summary['experiment']}")
+    click.echo(f"next: mer run {job.run_dir}/best.yaml")
+
+
 _store_option = click.option(
     "--store", envvar="MER_STORE", default="mer_store", show_default=True,
     help="Store URI: a folder or any lancedb URI such as s3://bucket/mer (env MER_STORE).",

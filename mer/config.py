@@ -88,7 +88,8 @@ class TrainConfig:
     """Supervised training on cached embeddings (Ray Train).
 
     Attributes mirror the model and optimiser knobs; ``model`` is built by name
-    (``agt``, ``attention``, ``concat``, ``unimodal``).
+    (``agt``, ``attention``, ``concat``, ``unimodal``, ``linear``). ``linear_c`` is
+    the inverse L2 strength of the ``linear`` model's logistic regressions.
     """
 
     model: str = "agt"
@@ -104,7 +105,14 @@ class TrainConfig:
     amf_similarity: str = "cosine"
     use_seq: bool = True
     unimodal_role: str = "audio"
+    linear_c: float = 0.1
     class_weighted: bool = True
+    # Regularisers for small labeled sets (all chosen by cross-validation, see README):
+    # whole modalities dropped per training sample (never all of a sample's), Gaussian
+    # noise on the standardised features, and label smoothing of the loss.
+    modality_dropout: float = 0.0
+    feature_noise: float = 0.0
+    label_smoothing: float = 0.0
     scheduler: str = "cosine"
     patience: int = 8
     val_fraction: float = 0.15
@@ -231,6 +239,41 @@ class ReportConfig:
     balanced_truth: str | None = None
 
 
+#: Distributions a ``tune.space`` entry may name, with how many numbers each takes.
+DISTRIBUTIONS = {"choice": None, "uniform": 2, "loguniform": 2, "randint": 2}
+
+
+@dataclass
+class TuneConfig:
+    """``mer tune``: a search over recipe keys, each trial scored by K-fold CV on the labeled train split.
+
+    Attributes:
+        space: ``train.<key>`` -> one distribution: ``{choice: [a, b, ...]}``,
+            ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}`` or
+            ``{randint: [lo, hi]}`` (hi exclusive).
+        num_samples: trials drawn.
+        folds: K of each trial's stratified K-fold cross-validation.
+        seeds: seeds each trial is scored with (the score is their mean).
+        scheduler: ``random`` (every trial runs all folds) or ``asha`` (Ray
+            Tune's ASHA stops trials whose running out-of-fold score trails
+            after a fold; ``grace_folds`` folds are always run).
+        grace_folds: folds a trial runs before ASHA may stop it.
+        seed: seed of the search: the same seed draws the same trials.
+        cpus_per_trial: CPUs a trial holds (its torch threads follow).
+        max_concurrent: trials at once (0 = as many as the cluster's CPUs allow).
+    """
+
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    num_samples: int = 20
+    folds: int = 5
+    seeds: list[int] = field(default_factory=lambda: [0])
+    scheduler: str = "random"
+    grace_folds: int = 2
+    seed: int = 0
+    cpus_per_trial: float = 1.0
+    max_concurrent: int = 0
+
+
 @dataclass
 class Job:
     """A whole job file.
@@ -260,6 +303,7 @@ class Job:
     selftrain: SelftrainConfig = field(default_factory=SelftrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     @property
     def run_path(self) -> Path:
@@ -387,7 +431,35 @@ def job_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Jo
     if len(set(job.labels)) != len(job.labels) or not job.labels:
         raise ConfigError("labels: must be a non-empty list of distinct names")
     _check_lora(job.finetune)
+    _check_tune(job.tune)
     return job
+
+
+def _check_tune(cfg: TuneConfig) -> None:
+    """Value checks of the ``tune`` section: recipe keys only, known distributions."""
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, dist in cfg.space.items():
+        section, _, name = key.partition(".")
+        if section != "train" or name not in train_keys:
+            raise ConfigError(f"tune.space: '{key}' is not a train.<key> (known: train.{', train.'.join(sorted(train_keys))})")
+        if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+            raise ConfigError(f"tune.space.{key}: expected one of {{{', '.join(DISTRIBUTIONS)}}}: [...], got {dist!r}")
+        kind, values = next(iter(dist.items()))
+        arity = DISTRIBUTIONS[kind]
+        if not isinstance(values, list) or not values or (arity and len(values) != arity):
+            raise ConfigError(f"tune.space.{key}.{kind}: expected {arity or 'one or more'} values, got {values!r}")
+    if cfg.scheduler not in ("random", "asha"):
+        raise ConfigError(f"tune.scheduler: expected random or asha, got {cfg.scheduler!r}")
+    if cfg.folds < 2:
+        raise ConfigError(f"tune.folds: cross-validation needs at least 2 folds, got {cfg.folds}")
+
+
+def with_values(job: Job, values: dict[str, Any]) -> Job:
+    """A copy of ``job`` with dotted keys set (``{"train.lr": 0.003}``), type-checked like the YAML."""
+    data = dataclasses.asdict(job)
+    for key, value in values.items():
+        _set_path(data, key, value)
+    return job_from_dict(data)
 
 
 def _check_lora(cfg: FinetuneConfig) -> None:

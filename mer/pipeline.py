@@ -62,13 +62,28 @@ def ensure_ray(attempts: int = 3, **init_kwargs) -> None:
                     raise
 
 
+def absolute(job: Job) -> Job:
+    """The job with its relative local paths made absolute (Ray workers run in other directories)."""
+    return job_from_dict(dataclasses.asdict(job), path_overrides(job, Path.cwd()))
+
+
+def run_tune(job: Job, echo=print) -> dict:
+    """``mer tune``: start or join Ray, then search ``job.tune.space`` (:func:`mer.tune.tune_job`)."""
+    from mer.tune import tune_job
+
+    job = absolute(job)
+    Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+    ensure_ray()
+    return tune_job(job, echo)
+
+
 def run_job(job: Job, echo=print) -> dict:
     """Run every stage of ``job`` in order; return ``{stage: summary}``.
 
     Relative local paths are made absolute first: Ray workers (Ray Train's
     especially) run in other working directories.
     """
-    job = job_from_dict(dataclasses.asdict(job), path_overrides(job, Path.cwd()))
+    job = absolute(job)
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(job.to_yaml())

@@ -1,5 +1,6 @@
 """Fusion models: shapes, missing-modality masks, AMF behaviour (fast, no Ray)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,57 @@ def test_standardizer_fits_train_statistics_and_travels_in_state_dict():
     again = build_model("concat", {"audio": 3}, 6, TrainConfig(hidden=8))
     again.load_state_dict(model.state_dict())
     assert torch.equal(again.vector_std_audio, model.vector_std_audio)
+
+
+def test_linear_solves_logistic_regression_per_role_and_fuses_by_mean_probability(tmp_path):
+    """``linear`` = sklearn's LogisticRegression per role on z-scored vectors; late fusion averages them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from mer.train.checkpoint import load_weights, save_weights
+
+    n = 90
+    batch = make_batch(n=n, seed=3, absent={"text": list(range(10))})
+    y = torch.arange(n).numpy() % 3
+    batch["audio"]["vector"][:, 0] += torch.as_tensor(y * 2.0)  # audio carries the label
+    cfg = TrainConfig(linear_c=0.5)
+    model = build_model("linear", DIMS, 6, cfg)
+    model.fit([batch])
+    model.model.solve(model.scale(batch), y, seed=0)
+    model.eval()
+    got = torch.softmax(model(batch), -1).detach().numpy()
+
+    expected = []
+    for role in sorted(DIMS):
+        present = batch[role]["present"].numpy()
+        x = batch[role]["vector"].numpy()[present]
+        clf = LogisticRegression(C=0.5, class_weight="balanced", max_iter=5000).fit(
+            StandardScaler().fit_transform(x), y[present])
+        full = torch.zeros(n, 6).numpy()
+        full[np.flatnonzero(present)[:, None], clf.classes_] = clf.predict_proba(
+            StandardScaler().fit(x).transform(batch[role]["vector"].numpy()[present]))
+        expected.append((full, present))
+    total = sum(p * m[:, None] for p, m in expected)
+    mean = total / sum(m[:, None].astype(float) for _, m in expected)
+    np.testing.assert_allclose(got, mean, atol=1e-4)
+    assert (got[:, 3:] < 1e-9).all()  # classes never seen in training get no probability
+
+    save_weights(model, tmp_path / "w.safetensors")
+    again = load_weights(build_model("linear", DIMS, 6, cfg), tmp_path / "w.safetensors").eval()
+    assert torch.equal(again(batch), model(batch))
+
+
+def test_modality_dropout_never_hides_every_modality_of_a_sample():
+    from mer.models.augment import drop_modalities
+
+    torch.manual_seed(0)
+    batch = make_batch(n=400, absent={"video": list(range(100)), "text": list(range(50, 150))})
+    out = drop_modalities(batch, 0.9)
+    before = torch.stack([batch[r]["present"] for r in sorted(DIMS)], 1)
+    after = torch.stack([out[r]["present"] for r in sorted(DIMS)], 1)
+    assert after.any(1).all()  # every sample keeps one modality
+    assert not (after & ~before).any()  # nothing absent comes back
+    assert 0.5 < 1 - after.sum() / before.sum() < 0.85  # most are hidden at p = 0.9
+    for r in DIMS:
+        hidden = before[:, sorted(DIMS).index(r)] & ~out[r]["present"]
+        assert (out[r]["vector"][hidden] == 0).all() and not out[r]["seq_mask"][hidden].any()

@@ -171,11 +171,14 @@ def test_train_stage_outputs_and_evaluate_stage(root, stage_summary, trained):
     metrics = json.loads((root / "run" / "metrics.json").read_text())
     assert metrics["weighted_f1"] == pytest.approx(result["weighted_f1"]) and metrics["n"] == 120
     assert (root / "run" / "confusion_test.png").exists()
+    cv = json.loads((root / "run" / "cv.json").read_text())
+    assert metrics["cv_train"] == cv and cv["model"] == "agt" and cv["scheme"] == "holdout"
+    assert cv["per_seed"] == [json.loads((trained / "config.json").read_text())["cv"]["weighted_f1"]]
 
 
 def test_pseudo_labels_join_training_never_validation(root):
     from mer.train.data import load_features
-    from mer.train.loop import choose_rows, targets_of
+    from mer.train.learner import choose_rows, targets_of
 
     job = make_job(root, val_fraction=0.2)
     data = load_features(job, streaming=False)
@@ -190,3 +193,30 @@ def test_pseudo_labels_join_training_never_validation(root):
     # present flags follow the store: 10% of video/text rows were left out
     present = data.present()
     assert present["audio"].all() and 0.8 < present["video"].mean() < 0.97
+
+
+@pytest.mark.timeout(900)
+def test_linear_out_of_fold_score_covers_exactly_the_labeled_train_rows(root):
+    """5-fold CV of ``linear``: every labeled train row scored once, never a test, unlabeled or pseudo row."""
+    from mer.train.cache import fit_cached
+    from mer.train.predict import predict
+
+    job = make_job(root, run="cv", folds=5)
+    data_train = truth(root, "train")
+    unl = truth(root, "unlabeled")["sample_id"][:20]
+    pseudo = pd.DataFrame({"sample_id": unl, "label": "happy"})
+    ckpt = fit_cached(job, "linear", 0, extra=pseudo)
+    config = json.loads((ckpt / "config.json").read_text())
+    oof = pd.read_csv(ckpt / "oof_train.csv", dtype={"sample_id": str})
+    assert sorted(oof["sample_id"]) == sorted(data_train["sample_id"]) and oof["sample_id"].is_unique
+    merged = oof.merge(data_train, on="sample_id")
+    assert (merged["target"] == merged["label"]).all()
+    waf = f1_score(oof["target"], np.asarray(LABELS)[oof[[f"p_{c}" for c in LABELS]].to_numpy().argmax(1)],
+                   average="weighted")
+    assert config["cv"] == {"weighted_f1": pytest.approx(waf, abs=1e-5), "rows": 300, "scheme": "5-fold out-of-fold"}
+    assert config["weights"] == [f"model_fold{k}.safetensors" for k in range(5)]
+    assert [len(h) for h in config["history"]] == [1] * 5  # solved once per fold, no epochs
+    pred = predict(ckpt, None, "test")
+    t = truth(root).merge(pred, on="sample_id", suffixes=("_true", "_pred"))
+    assert f1_score(t["label_true"], t["label_pred"], average="weighted") > 0.6
+    pd.testing.assert_frame_equal(pred, predict(ckpt, None, "test"), check_exact=True)

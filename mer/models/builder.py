@@ -8,9 +8,10 @@ from mer.config import ConfigError
 
 from mer.models.agt import AGT
 from mer.models.baselines import AttentionFusion, ConcatFusion, Unimodal
+from mer.models.linear import LinearLateFusion
 from mer.models.standardize import Standardized
 
-MODELS = ("agt", "attention", "concat", "unimodal")
+MODELS = ("agt", "attention", "concat", "unimodal", "linear")
 
 
 def build_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> Standardized:
@@ -24,12 +25,16 @@ def build_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> Stand
         dims: role -> feature width of the encoder the job names for it.
         num_classes: size of the label set.
         cfg: a :class:`mer.config.TrainConfig` (hidden, heads, depth, dropout,
-            amf_similarity, use_seq, unimodal_role are read).
+            amf_similarity, use_seq, unimodal_role, linear_c, class_weighted,
+            modality_dropout, feature_noise are read).
 
     Raises:
         ConfigError: unknown name, or roles the model needs are missing.
     """
-    return Standardized(_fusion_model(name, dims, num_classes, cfg), dims)
+    # The audio-only model has nothing to fall back on: hiding its one input is pure noise.
+    dropout = 0.0 if name == "unimodal" else cfg.modality_dropout
+    return Standardized(_fusion_model(name, dims, num_classes, cfg), dims,
+                        modality_dropout=dropout, feature_noise=cfg.feature_noise)
 
 
 def _fusion_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> nn.Module:
@@ -44,4 +49,6 @@ def _fusion_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> nn.
         return ConcatFusion(dims, num_classes, hidden=cfg.hidden, dropout=cfg.dropout)
     if name == "unimodal":
         return Unimodal(dims, num_classes, cfg.unimodal_role, hidden=cfg.hidden, dropout=cfg.dropout)
+    if name == "linear":
+        return LinearLateFusion(dims, num_classes, c=cfg.linear_c, class_weighted=cfg.class_weighted)
     raise ConfigError(f"train.model: unknown model '{name}' (known: {', '.join(MODELS)})")

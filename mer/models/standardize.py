@@ -15,19 +15,26 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from mer.models.augment import add_noise, drop_modalities
+
 
 class Standardized(nn.Module):
     """Wrap a fusion model: ``x -> (x - mean) / std`` per role before ``model``.
 
     ``vector`` and ``seq`` get their own statistics (pooled and per-step
     features differ in spread). Until :meth:`fit` runs, mean 0 and std 1 leave
-    inputs unchanged.
+    inputs unchanged. In training mode the standardised batch is augmented
+    (:mod:`mer.models.augment`: ``modality_dropout``, ``feature_noise``); in
+    eval mode never.
     """
 
-    def __init__(self, model: nn.Module, dims: dict[str, int]):
+    def __init__(self, model: nn.Module, dims: dict[str, int], modality_dropout: float = 0.0,
+                 feature_noise: float = 0.0):
         super().__init__()
         self.model = model
         self.roles = sorted(dims)
+        self.modality_dropout = modality_dropout
+        self.feature_noise = feature_noise
         for role, dim in dims.items():
             for kind in ("vector", "seq"):
                 self.register_buffer(f"{kind}_mean_{role}", torch.zeros(dim))
@@ -70,4 +77,7 @@ class Standardized(nn.Module):
         return out
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(self.scale(batch))
+        batch = self.scale(batch)
+        if self.training:
+            batch = add_noise(drop_modalities(batch, self.modality_dropout), self.feature_noise)
+        return self.model(batch)

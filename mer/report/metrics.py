@@ -128,7 +128,7 @@ def read_truth(path: str | Path) -> pd.DataFrame:
 
 
 def evaluate_file(pred_csv: str | Path, truth_csv: str | Path | None, out_dir: str | Path | None,
-                  labels: list[str] | None = None) -> dict:
+                  labels: list[str] | None = None, extra: dict | None = None) -> dict:
     """Score a predictions CSV; write ``metrics.json`` and ``confusion_test.png`` into ``out_dir``.
 
     Args:
@@ -138,6 +138,8 @@ def evaluate_file(pred_csv: str | Path, truth_csv: str | Path | None, out_dir: s
         out_dir: output folder (default: the predictions' folder).
         labels: label order (default: the ``p_<label>`` columns, else the sorted
             labels seen).
+        extra: more keys for ``metrics.json`` (the evaluate stage adds the
+            train split's cross-validated score as ``cv_train``).
     """
     pred_csv = Path(pred_csv)
     pred = read_truth(pred_csv)
@@ -152,7 +154,7 @@ def evaluate_file(pred_csv: str | Path, truth_csv: str | Path | None, out_dir: s
         labels = [c[2:] for c in header if c.startswith("p_")]
         labels = labels or sorted(set(truth["label"].dropna()) | set(pred["label"].dropna()))
     metrics = evaluate(pred, truth, labels)
-    metrics.update(predictions=str(pred_csv), truth=str(truth_csv))
+    metrics.update(predictions=str(pred_csv), truth=str(truth_csv), **(extra or {}))
     out = Path(out_dir) if out_dir else pred_csv.parent
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -238,6 +238,11 @@ def build_report(run_dir: str | Path) -> dict:
     summary = [[name, f"{m['weighted_f1'] * 100:.2f}", f"{m['accuracy'] * 100:.2f}"] for name, m in candidates if m]
     if summary:
         lines += ["## Summary", ""] + _table(["system", "test WAF", "accuracy"], summary) + [""]
+    cv = (metrics or {}).get("cv_train")
+    if cv and cv.get("mean") is not None:
+        lines += [f"Cross-validated on the labeled train split ({cv['scheme']}, the score settings are chosen by): "
+                  f"{cv['model']} {fmt_mean_std(cv['per_seed'])} weighted F1 (percent).", ""]
+        report["cv_train"] = cv
 
     confusions = []
     if selftrain:

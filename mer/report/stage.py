@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mer.config import Job
@@ -38,10 +39,15 @@ def evaluate(job: Job) -> dict:
     truth, source = test_labels(job)
     truth_csv = run_dir / "truth_test.csv"
     truth.to_csv(truth_csv, index=False)
-    metrics = evaluate_file(predictions, truth_csv, run_dir, labels=job.labels)
-    print(f"   test weighted F1 {metrics['weighted_f1']:.4f}, accuracy {metrics['accuracy']:.4f} "
-          f"(n={metrics['n']}, truth from {source})")
-    return {"weighted_f1": metrics["weighted_f1"], "accuracy": metrics["accuracy"], "files": metrics["files"]}
+    cv_path = run_dir / "cv.json"
+    cv = json.loads(cv_path.read_text()) if cv_path.exists() else None
+    metrics = evaluate_file(predictions, truth_csv, run_dir, labels=job.labels, extra={"cv_train": cv})
+    line = f"   test weighted F1 {metrics['weighted_f1']:.4f}, accuracy {metrics['accuracy']:.4f}"
+    if cv and cv["mean"] is not None:
+        line += f"; {cv['model']} cross-validated on train ({cv['scheme']}) {cv['mean']:.4f}"
+    print(f"{line} (n={metrics['n']}, truth from {source})")
+    return {"weighted_f1": metrics["weighted_f1"], "accuracy": metrics["accuracy"], "files": metrics["files"],
+            "cv_weighted_f1": cv["mean"] if cv else None}
 
 
 def report(job: Job) -> dict:

@@ -21,6 +21,8 @@ from mer.errors import MerError
 from mer.models import build_model
 
 CONFIG = "config.json"
+#: Out-of-fold (or holdout) probabilities of the labeled train rows, written by ``fit``.
+OOF_FILE = "oof_train.csv"
 
 
 def unwrap(model: nn.Module) -> nn.Module:

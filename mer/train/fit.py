@@ -24,7 +24,8 @@ import pandas as pd
 
 from mer.config import Job
 from mer.errors import MerError
-from mer.train.checkpoint import CONFIG
+from mer.train.checkpoint import CONFIG, OOF_FILE
+from mer.train.crossval import out_of_fold
 from mer.train.data import ReadPlan, plan_read
 from mer.train.loop import train_loop
 
@@ -129,6 +130,8 @@ def fit(
             state = json.loads((Path(folder) / "state.json").read_text())
         weights.append(name)
         histories.append(state)
+    cv, oof = out_of_fold(histories, job.labels)
+    oof.to_csv(out / OOF_FILE, index=False, float_format="%.6f")
     config = {
         "format": 1,
         "model": model_name,
@@ -141,6 +144,7 @@ def fit(
         "read": plan.describe(),
         "extra_labels": len(extra or {}),
         "best_val_f1": [h["best_f1"] for h in histories],
+        "cv": cv,
         "history": [h["history"] for h in histories],
         "resumed_at": [h.get("resumed_at", []) for h in histories],
         "ray_train_storage": str(storage),
@@ -156,5 +160,5 @@ def _log_run(job: Job, run_id: str, config: dict) -> None:
 
     store = open_store(job.store)
     if hasattr(store, "log_run"):
-        metrics = {k: config[k] for k in ("model", "seed", "best_val_f1", "history", "read")}
+        metrics = {k: config[k] for k in ("model", "seed", "best_val_f1", "cv", "history", "read")}
         store.log_run(run_id, job.to_yaml(), metrics)

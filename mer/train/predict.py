@@ -16,7 +16,7 @@ import pandas as pd
 from mer.errors import MerError
 from mer.train.checkpoint import load_models
 from mer.train.data import make_plan, read_plan, resolve_table
-from mer.train.loop import predict_proba
+from mer.train.learner import predict_proba
 
 
 def probabilities(checkpoints: list[str | Path], store_uri: str | None, split: str | list[str]):

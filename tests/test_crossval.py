@@ -1,0 +1,77 @@
+"""Cross-validation on the labeled train split, in process (no Ray): rows, scores, selection."""
+
+import numpy as np
+import pytest
+
+from mer.config import TrainConfig, job_from_dict
+from mer.train.crossval import cross_validate
+from mer.train.data import load_features
+from mer.train.learner import Learner, choose_rows, targets_of
+from mer.train.synthetic import write_synthetic_features
+
+LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cv")
+    job = job_from_dict({
+        "name": "cv", "manifest": str(root / "none.csv"), "store": str(root / "store"), "run_dir": str(root / "run"),
+        "encoders": {"audio": {"alias": "logmel", "seq_len": 0}, "video": {"alias": "frames", "seq_len": 0}},
+    })
+    write_synthetic_features(job, {"train": 150, "test": 40, "unlabeled": 40}, seed=1, noise=2.5,
+                             missing_fraction=0.1)
+    return load_features(job, streaming=False)
+
+
+def test_folds_validate_only_labeled_train_rows_and_pseudo_labels_only_train(data):
+    cfg = TrainConfig(folds=5)
+    unlabeled = data.ids[data.split == "unlabeled"][:15]
+    test_ids = data.ids[data.split == "test"][:5]
+    extra = {**dict.fromkeys(unlabeled, "happy"), **dict.fromkeys(test_ids, "sad")}
+    targets = targets_of(data, LABELS, extra)
+    labeled = set(np.flatnonzero((data.split == "train")))
+    seen_val = []
+    for fold in range(5):
+        rows = choose_rows(data, targets, cfg, seed=3, fold=fold, extra=extra)
+        assert set(rows.val) <= labeled and not set(rows.val) & set(rows.train)
+        assert set(np.flatnonzero(np.isin(data.ids, unlabeled))) <= set(rows.train)  # pseudo rows train
+        assert not set(np.flatnonzero(data.split == "test")) & (set(rows.train) | set(rows.val))
+        seen_val += list(rows.val)
+    assert sorted(seen_val) == sorted(labeled)  # every labeled train row validated exactly once
+
+
+def test_out_of_fold_scores_every_labeled_row_once_and_is_deterministic(data):
+    cfg = TrainConfig(hidden=32, epochs=15, batch_size=32)
+    score, oof = cross_validate(data, LABELS, cfg, "concat", seed=0, folds=3)
+    train_ids = sorted(data.ids[data.split == "train"])
+    assert sorted(oof["sample_id"]) == train_ids and score["rows"] == 150
+    assert score["scheme"] == "3-fold out-of-fold" and 0.3 < score["weighted_f1"] <= 1.0
+    again, oof2 = cross_validate(data, LABELS, cfg, "concat", seed=0, folds=3)
+    assert again == score and oof.equals(oof2)
+
+
+def test_selection_by_cross_validation_picks_the_configuration_known_to_be_better(data):
+    """A learning rate too small to move the weights in 15 epochs stays near chance; CV must rank it last."""
+    scores = {lr: cross_validate(data, LABELS, TrainConfig(hidden=32, epochs=15, batch_size=32, lr=lr), "concat",
+                                 seed=0, folds=3)[0]["weighted_f1"]
+              for lr in (1e-7, 3e-3)}
+    assert max(scores, key=scores.get) == 3e-3 and scores[3e-3] > scores[1e-7] + 0.2
+
+
+def test_learner_resumes_from_its_saved_state_with_identical_weights(data, tmp_path):
+    cfg = TrainConfig(hidden=16, epochs=6, batch_size=32, patience=50)
+    targets = targets_of(data, LABELS, None)
+    rows = choose_rows(data, targets, cfg, seed=0, fold=None, extra=None)
+    whole = Learner("agt", data, rows, cfg, 6, seed=0)
+    whole.run()
+    first = Learner("agt", data, rows, cfg, 6, seed=0)
+    for _ in range(3):
+        first.epoch()
+    first.save(tmp_path / "ckpt")
+    resumed = Learner("agt", data, rows, cfg, 6, seed=0)
+    resumed.load(tmp_path / "ckpt")
+    resumed.run()
+    assert resumed.state["resumed_at"] == [3] and resumed.state["best_epoch"] == whole.state["best_epoch"]
+    for key, value in whole.best.items():
+        assert np.array_equal(value.numpy(), resumed.best[key].numpy()), key
