@@ -37,17 +37,21 @@ def cli() -> None:
 @click.option("--n-test", default=120, show_default=True, help="Labeled test clips.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same corpus.")
 @click.option("--balanced-test", is_flag=True, help="Test split with every label equally common (no label shift).")
-def demo_data(out, n_train, n_unlabeled, n_test, seed, balanced_test) -> None:
+@click.option("--style", type=click.Choice(["demo", "heldout"]), default="demo", show_default=True,
+              help="heldout: unseen speakers, noisy reverberant rooms, situation transcripts (a corpus nothing was tuned on).")
+def demo_data(out, n_train, n_unlabeled, n_test, seed, balanced_test, style) -> None:
     """Write a synthetic corpus of real mp4 clips (face + voice) and a manifest.
 
     \b
     Example:
       mer demo-data demo_corpus --n-train 300 --seed 1
+      mer demo-data heldout_corpus --style heldout --seed 101
     """
     from mer.corpus.demo import make_demo_corpus
 
     manifest = make_demo_corpus(
-        out, n_train=n_train, n_unlabeled=n_unlabeled, n_test=n_test, seed=seed, balanced_test=balanced_test
+        out, n_train=n_train, n_unlabeled=n_unlabeled, n_test=n_test, seed=seed, balanced_test=balanced_test,
+        style=style,
     )
     click.echo(f"wrote {manifest}")
     click.echo(f"next: mer corpus validate {manifest}   or   mer run jobs/quickstart.yaml")

@@ -90,6 +90,8 @@ class TrainConfig:
     Attributes mirror the model and optimiser knobs; ``model`` is built by name
     (``agt``, ``attention``, ``concat``, ``unimodal``, ``linear``). ``linear_c`` is
     the inverse L2 strength of the ``linear`` model's logistic regressions.
+    ``baseline`` (default ``linear``, null = none) is fitted beside ``model`` by the
+    train stage with the same seeds, so every evaluation shows the floor.
     """
 
     model: str = "agt"
@@ -106,6 +108,7 @@ class TrainConfig:
     use_seq: bool = True
     unimodal_role: str = "audio"
     linear_c: float = 0.1
+    baseline: str | None = "linear"
     class_weighted: bool = True
     # Regularisers for small labeled sets (all chosen by cross-validation, see README):
     # whole modalities dropped per training sample (never all of a sample's), Gaussian
@@ -152,6 +155,13 @@ class SelftrainConfig:
             confident vote takes the arg-max of the mean probability. 0 lets every
             model's top label vote, so the audio model's unsure worried/sad guesses
             override the others (measured on the demo: -3.4 WAF, see README).
+        voters: ``all`` (the paper: every model votes alike) or ``cv``: each model
+            votes with the weight of its cross-validated weighted F1 on the labeled
+            train split (``cv`` in its checkpoint, mean over seeds), and a model more
+            than ``cv_margin`` below the best does not vote, so a weak voter cannot
+            pull the vote below the best model. Under ``prior`` voting a dropped
+            audio model means the round falls back to ``majority``.
+        cv_margin: how far below the best CV score a model may be and still vote.
     """
 
     rounds: int = 2
@@ -163,6 +173,8 @@ class SelftrainConfig:
     prior_mode: str = "override"
     audio_model: str = "unimodal"
     test_threshold: float | None = None
+    voters: str = "all"
+    cv_margin: float = 0.05
 
 
 @dataclass
@@ -432,6 +444,8 @@ def job_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Jo
         raise ConfigError("labels: must be a non-empty list of distinct names")
     _check_lora(job.finetune)
     _check_tune(job.tune)
+    if job.selftrain.voters not in ("all", "cv"):
+        raise ConfigError(f"selftrain.voters: expected all or cv, got {job.selftrain.voters!r}")
     return job
 
 

@@ -23,6 +23,9 @@ PLAN = {
     "unimodal": ["sad", "happy", "angry", "worried", "neutral", "happy"],
 }
 
+# Cross-validated weighted F1 each fake model's checkpoint reports.
+CV = {"agt": 0.9, "attention": 0.6, "unimodal": 0.65}
+
 
 def _probs(model: str, ids: list[str], p: float) -> pd.DataFrame:
     rows = []
@@ -42,7 +45,7 @@ def fake_training(monkeypatch):
         calls.append((model, seed, 0 if extra_labels is None else len(extra_labels)))
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({"model": model, "seed": seed}))
+        (out / "config.json").write_text(json.dumps({"model": model, "seed": seed, "cv": {"weighted_f1": CV[model]}}))
         return out
 
     def predict(checkpoint, store, split):
@@ -125,6 +128,19 @@ def test_a_changed_config_is_a_new_run(job, fake_training):
     assert all(n == 4 for _, _, n in fake_training) and len(fake_training) == 6
     labels = open_store(job.store).read_pseudo_labels(run_id(majority))
     assert dict(zip(labels["sample_id"], labels["label"]))["u0"] == "happy"
+
+
+def test_cv_voters_follow_the_model_that_cross_validates_best(job, fake_training):
+    """``selftrain.voters: cv``: attention and the audio model trail agt by > cv_margin, so agt alone labels."""
+    cv_job = job_from_dict({**_as_dict(job), "selftrain": {**_as_dict(job)["selftrain"], "voters": "cv"}})
+    summary = run_rounds(cv_job, echo=lambda _: None)
+    first = summary["rounds"][0]
+    assert first["models_cv"] == CV and first["vote_weights"] == {"agt": 0.9, "attention": 0.0, "unimodal": 0.0}
+    labels = open_store(job.store).read_pseudo_labels(run_id(cv_job))
+    assert dict(zip(labels["sample_id"], labels["label"])) == dict(zip(UNLABELED[:4], PLAN["agt"][:4]))
+    final = pd.read_csv(Path(job.run_dir) / "predictions_test.csv")
+    assert final["label"].tolist() == PLAN["agt"]  # the test vote is agt's too
+    assert first["test_weighted_f1_other_voters"] is not None  # the paper's vote on the same models, for the report
 
 
 def _as_dict(job):

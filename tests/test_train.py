@@ -171,9 +171,23 @@ def test_train_stage_outputs_and_evaluate_stage(root, stage_summary, trained):
     metrics = json.loads((root / "run" / "metrics.json").read_text())
     assert metrics["weighted_f1"] == pytest.approx(result["weighted_f1"]) and metrics["n"] == 120
     assert (root / "run" / "confusion_test.png").exists()
-    cv = json.loads((root / "run" / "cv.json").read_text())
+    record = json.loads((root / "run" / "train.json").read_text())
+    assert list(record["systems"]) == ["agt", "linear"]  # the linear floor is fitted beside the model
+    cv = record["systems"]["agt"]["cv"]
     assert metrics["cv_train"] == cv and cv["model"] == "agt" and cv["scheme"] == "holdout"
     assert cv["per_seed"] == [json.loads((trained / "config.json").read_text())["cv"]["weighted_f1"]]
+    linear_ckpt = Path(record["systems"]["linear"]["checkpoints"][0])
+    assert json.loads((linear_ckpt / "config.json").read_text())["model"] == "linear"
+    t = truth(root).merge(pd.read_csv(root / "run" / "predictions_test_linear.csv"), on="sample_id",
+                          suffixes=("_true", "_pred"))
+    assert metrics["systems"]["linear"]["test"]["waf"] == [
+        pytest.approx(f1_score(t["label_true"], t["label_pred"], average="weighted"), abs=1e-6)]
+    assert set(metrics["systems"]["agt"]["test"]) == {"waf", "f1_worried", "f1_sad"}
+    from mer.report.report import build_report
+
+    report = (root / "run" / "report.md")
+    build_report(root / "run")
+    assert "| linear |" in report.read_text() and "CV WAF (train)" in report.read_text()
 
 
 def test_pseudo_labels_join_training_never_validation(root):

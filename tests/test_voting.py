@@ -129,3 +129,34 @@ def test_bad_inputs_are_one_line_errors():
         vote(tables, LABELS, voting="majority", prior_classes=["calm"])
     with pytest.raises(VotingError, match="lacks column 'p_surprise'"):
         vote({"agt": tables["agt"].drop(columns="p_surprise")}, LABELS, voting="majority")
+
+
+def test_cv_voters_keep_two_confident_weak_models_from_outvoting_the_best():
+    """Equal votes let two weak models win; ``selftrain.voters: cv`` drops them and follows the best model."""
+    from mer.config import job_from_dict
+    from mer.selftrain.rounds import vote_kwargs, voter_weights
+
+    truth = {"a": "sad", "b": "happy", "c": "angry"}
+    tables = {
+        "agt": table({k: (v, 0.95) for k, v in truth.items()}),
+        "attention": table({k: ("neutral", 0.97) for k in truth}),
+        "unimodal": table({k: ("neutral", 0.96) for k in truth}),
+    }
+    job = job_from_dict({"name": "v", "manifest": "m.csv", "selftrain": {"voters": "cv", "cv_margin": 0.05}})
+    weights = voter_weights(job, {"agt": 0.85, "attention": 0.62, "unimodal": 0.70})
+    assert weights == {"agt": 0.85, "attention": 0.0, "unimodal": 0.0}
+    kwargs = vote_kwargs(job, weights)
+    assert kwargs["voting"] == "majority"  # the audio model lost its vote: the prior rule cannot apply
+    assert by_id(vote(tables, LABELS, tau=0.9, **kwargs)) == truth
+    assert set(by_id(vote(tables, LABELS, tau=0.9, voting="majority")).values()) == {"neutral"}
+    # within the margin every model votes, weighted: 0.80 + 0.78 outweighs 0.85
+    close = voter_weights(job, {"agt": 0.85, "attention": 0.80, "unimodal": 0.82})
+    assert set(by_id(vote(tables, LABELS, tau=0.9, **vote_kwargs(job, close))).values()) == {"neutral"}
+    equal = job_from_dict({"name": "v", "manifest": "m.csv"})
+    assert voter_weights(equal, {"agt": 0.85, "attention": 0.62}) is None
+
+
+def test_weighted_soft_vote_is_the_weighted_mean():
+    tables = {"a": table({"x": ("sad", 0.9)}), "b": table({"x": ("happy", 0.6)})}
+    out = vote(tables, LABELS, tau=0.5, voting="soft", weights={"a": 3.0, "b": 1.0}, keep_unlabeled=True)
+    assert out.loc[0, "label"] == "sad" and out.loc[0, "confidence"] == pytest.approx((3 * 0.9 + 0.08) / 4)

@@ -20,6 +20,13 @@ distribution and its true labels go to ``unlabeled_truth.csv`` (never into the
 manifest). Our choices (the paper has no such corpus): the rates above, 16
 speakers, the parameter tables below.
 
+``style="heldout"`` draws a corpus that nothing in mer was tuned on, for the
+generalization check (``benchmarks/generalization.py``): four of the 16
+speakers never appear in train, each speaker expresses each emotion with its
+own strength per voice parameter, the room is noisier and reverberant,
+transcripts describe situations without emotion words, and faces are less
+expressive and more often neutral or occluded.
+
 Deterministic for a seed: the manifest bytes and the decoded audio and frames
 are the same on every run (x264 runs single-threaded per clip; clips are
 spread over processes, each from its own seed).
@@ -136,6 +143,75 @@ P_NEUTRAL_FACE = 0.25
 P_OCCLUDED_FACE = 0.12
 
 
+SITUATIONS = {
+    "angry": [
+        "Someone scratched my {o} and drove off without a word.",
+        "They cancelled the {o} order for the third time {t}.",
+        "He took the credit for my work in front of everyone.",
+        "The neighbours played drums until three in the morning again.",
+    ],
+    "happy": [
+        "My sister is getting married {t} and I am the witness.",
+        "We finally moved into the new house with the {o}.",
+        "The whole team came to my birthday {t}.",
+        "I passed the driving test on the first try.",
+    ],
+    "sad": [
+        "The dog we had for fifteen years died {t}.",
+        "My best friend moved to another country {t}.",
+        "The {o} my grandmother gave me was thrown away.",
+        "Nobody answered my letters this year.",
+    ],
+    "worried": [
+        "The doctor wants to see the scan again {t}.",
+        "The rent goes up next month and the {o} is broken.",
+        "She has not called since the storm {t}.",
+        "The company announces layoffs {t}.",
+    ],
+    "surprise": [
+        "A stranger paid for my {o} at the counter.",
+        "The old school friend I lost knocked on the door {t}.",
+        "The exam was moved to {t} without notice.",
+        "I found a {o} in the garden that was not there before.",
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a corpus is drawn: ``demo`` (what mer's defaults grew up with) or ``heldout``.
+
+    Attributes:
+        name: ``demo`` or ``heldout``.
+        noise_dbfs: range of the room noise level.
+        reverb_s: range of the reverberation decay time (0 = dry).
+        expression_jitter: spread of a speaker's own strength per emotion and voice
+            parameter (0 = every speaker expresses an emotion the same way).
+        unseen_speakers: speakers (the last ones) that appear only in unlabeled and test.
+        text: ``templates`` (emotion words) or ``situations`` (events, no emotion words).
+        face_intensity: range of the face expression strength.
+        p_neutral_face, p_occluded_face: share of clips with a neutral or occluded face.
+    """
+
+    name: str = "demo"
+    noise_dbfs: tuple[float, float] = (-48.0, -36.0)
+    reverb_s: tuple[float, float] = (0.0, 0.0)
+    expression_jitter: float = 0.0
+    unseen_speakers: int = 0
+    text: str = "templates"
+    face_intensity: tuple[float, float] = (0.5, 1.0)
+    p_neutral_face: float = P_NEUTRAL_FACE
+    p_occluded_face: float = P_OCCLUDED_FACE
+
+
+STYLES = {
+    "demo": Style(),
+    "heldout": Style(name="heldout", noise_dbfs=(-36.0, -26.0), reverb_s=(0.15, 0.5), expression_jitter=0.35,
+                     unseen_speakers=4, text="situations", face_intensity=(0.3, 0.9), p_neutral_face=0.3,
+                     p_occluded_face=0.2),
+}
+
+
 @dataclass(frozen=True)
 class Speaker:
     """One synthetic speaker: voice and look."""
@@ -161,6 +237,7 @@ class ClipSpec:
     face_mode: str = "expressive"  # expressive | neutral | occluded
     voice_intensity: float = 1.0
     face_intensity: float = 1.0
+    style: Style = STYLES["demo"]
 
 
 def make_speakers(seed: int, n: int = N_SPEAKERS) -> list[Speaker]:
@@ -200,6 +277,13 @@ def synth_voice(spec: ClipSpec, rng: np.random.Generator) -> tuple[np.ndarray, n
         envelope (0..1, same length) that also drives the mouth.
     """
     p = _mix(spec.emotion, VOICE, spec.voice_intensity)
+    style = spec.style
+    if style.expression_jitter:
+        # This speaker's own way of showing this emotion: each parameter's distance from
+        # neutral scaled by a factor fixed per (speaker, emotion).
+        own = np.random.default_rng([int(spec.speaker.f0 * 1000), MER2024_LABELS.index(spec.emotion)])
+        factor = np.clip(1 + style.expression_jitter * own.normal(size=len(p)), 0.2, 2.0)
+        p = {k: VOICE["neutral"][k] + f * (v - VOICE["neutral"][k]) for (k, v), f in zip(p.items(), factor)}
     n = int(SECONDS * SR)
     t = np.arange(n) / SR
     rate = p["rate"] * spec.speaker.rate * rng.uniform(0.9, 1.1)
@@ -252,7 +336,14 @@ def synth_voice(spec: ClipSpec, rng: np.random.Generator) -> tuple[np.ndarray, n
     white = rng.normal(0, 1, n)
     noise = white + np.cumsum(white) * 0.005  # room noise: white plus a low rumble
     noise -= noise.mean()
-    noise *= 10 ** (rng.uniform(-48, -36) / 20) / (np.std(noise) + 1e-9)
+    if style.reverb_s[1] > 0:  # a room: the dry voice convolved with exponentially decaying noise
+        decay = rng.uniform(*style.reverb_s)
+        tail = np.arange(int(decay * SR)) / SR
+        impulse = rng.normal(0, 1, len(tail)) * np.exp(-6.9 * tail / decay)
+        impulse[0] = 1.0 / 0.3
+        wet = np.convolve(voice, impulse * 0.3)[:n]
+        voice = wet * np.sqrt(np.mean(voice**2) / (np.mean(wet**2) + 1e-12))
+    noise *= 10 ** (rng.uniform(*style.noise_dbfs) / 20) / (np.std(noise) + 1e-9)
     audio = np.clip(voice + noise, -0.99, 0.99).astype(np.float32)
     return audio, envelope
 
@@ -323,9 +414,10 @@ def draw_face(spec: ClipSpec, rng: np.random.Generator, envelope: np.ndarray) ->
     return frames
 
 
-def make_text(emotion: str, rng: np.random.Generator) -> str:
-    """A transcript: emotional wording, or neutral wording on part of the emotional clips."""
-    pool = TEXT[emotion] if emotion != "neutral" and rng.random() >= P_NEUTRAL_TEXT else NEUTRAL_TEXT
+def make_text(emotion: str, rng: np.random.Generator, style: Style = STYLES["demo"]) -> str:
+    """A transcript: emotional wording (or a situation), or neutral wording on part of the emotional clips."""
+    table = SITUATIONS if style.text == "situations" else TEXT
+    pool = table[emotion] if emotion != "neutral" and rng.random() >= P_NEUTRAL_TEXT else NEUTRAL_TEXT
     template = pool[rng.integers(len(pool))]
     return template.format(**{k: v[rng.integers(len(v))] for k, v in SLOTS.items()})
 
@@ -376,14 +468,21 @@ def _label_list(prior: dict, n: int, rng: np.random.Generator) -> list[str]:
     return list(rng.permutation(labels))
 
 
-def plan_corpus(n_train: int, n_unlabeled: int, n_test: int, seed: int, balanced_test: bool = False):
+def plan_corpus(n_train: int, n_unlabeled: int, n_test: int, seed: int, balanced_test: bool = False,
+                style: str = "demo"):
     """Draw every clip's spec and transcript (cheap; no media).
+
+    ``style`` names a :data:`STYLES` entry (``demo`` or ``heldout``).
 
     Returns:
         list of ``(spec, split, text)`` in manifest order.
     """
+    if style not in STYLES:
+        raise ValueError(f"style: expected one of {', '.join(STYLES)}, got {style!r}")
+    look = STYLES[style]
     rng = np.random.default_rng(seed)
     speakers = make_speakers(seed)
+    seen = speakers[: len(speakers) - look.unseen_speakers]
     test_prior = {lab: 1 / len(MER2024_LABELS) for lab in MER2024_LABELS} if balanced_test else TEST_PRIOR
     plan = []
     splits = [("train", n_train, TRAIN_PRIOR), ("unlabeled", n_unlabeled, test_prior), ("test", n_test, test_prior)]
@@ -391,19 +490,21 @@ def plan_corpus(n_train: int, n_unlabeled: int, n_test: int, seed: int, balanced
     for split, n, prior in splits:
         for emotion in _label_list(prior, n, rng):
             u = rng.random()
-            face_mode = "neutral" if u < P_NEUTRAL_FACE else "expressive"
-            if P_NEUTRAL_FACE <= u < P_NEUTRAL_FACE + P_OCCLUDED_FACE:
+            face_mode = "neutral" if u < look.p_neutral_face else "expressive"
+            if look.p_neutral_face <= u < look.p_neutral_face + look.p_occluded_face:
                 face_mode = "occluded"
+            pool = seen if split == "train" else speakers
             spec = ClipSpec(
                 sample_id=f"demo_{index:05d}",
                 emotion=str(emotion),
-                speaker=speakers[int(rng.integers(len(speakers)))],
+                speaker=pool[int(rng.integers(len(pool)))],
                 seed=int(rng.integers(2**31)),
                 face_mode=face_mode,
                 voice_intensity=float(rng.uniform(0.55, 1.0)),
-                face_intensity=float(rng.uniform(0.5, 1.0)),
+                face_intensity=float(rng.uniform(*look.face_intensity)),
+                style=look,
             )
-            plan.append((spec, split, make_text(spec.emotion, rng)))
+            plan.append((spec, split, make_text(spec.emotion, rng, look)))
             index += 1
     return plan
 
@@ -416,6 +517,7 @@ def make_demo_corpus(
     seed: int = 0,
     balanced_test: bool = False,
     workers: int | None = None,
+    style: str = "demo",
 ) -> Path:
     """Write ``out/manifest.csv``, ``out/media/*.mp4`` and ``out/unlabeled_truth.csv``.
 
@@ -427,6 +529,7 @@ def make_demo_corpus(
         seed: same seed, same corpus.
         balanced_test: every label equally common in test and unlabeled (no label shift).
         workers: processes rendering clips (default: CPU count, at most 4).
+        style: ``demo`` or ``heldout`` (a corpus nothing was tuned on, see the module docstring).
 
     Returns:
         Path of the manifest.
@@ -435,7 +538,7 @@ def make_demo_corpus(
 
     out = Path(out)
     (out / "media").mkdir(parents=True, exist_ok=True)
-    plan = plan_corpus(n_train, n_unlabeled, n_test, seed, balanced_test)
+    plan = plan_corpus(n_train, n_unlabeled, n_test, seed, balanced_test, style)
     jobs = [(spec, str(out / "media" / f"{spec.sample_id}.mp4")) for spec, _, _ in plan]
     workers = workers or min(4, os.cpu_count() or 1)
     chunks = [jobs[i : i + 16] for i in range(0, len(jobs), 16)]

@@ -84,7 +84,10 @@ def _metrics_section(name: str, metrics: dict) -> list[str]:
 
 def _rounds_section(selftrain: dict) -> list[str]:
     labels = selftrain.get("labels", [])
-    header = ["round", "trained on pseudo-labels", "added", *[f"+{c}" for c in labels], "pseudo acc.", "test WAF (vote)", "per seed"]
+    cfg = selftrain.get("config", {})
+    other = "test WAF, CV-weighted voters" if cfg.get("voters", "all") == "all" else "test WAF, paper vote (all voters)"
+    header = ["round", "trained on pseudo-labels", "added", *[f"+{c}" for c in labels], "pseudo acc.", "test WAF (vote)",
+              "per seed", other, "voter CV WAF"]
     rows = []
     for rec in selftrain["rounds"]:
         per_class = rec.get("added_per_class") or {}
@@ -98,13 +101,15 @@ def _rounds_section(selftrain: dict) -> list[str]:
                 "-" if acc is None else f"{acc * 100:.1f}",
                 f"{rec['test_weighted_f1'] * 100:.2f}" if rec.get("test_weighted_f1") is not None else "-",
                 fmt_mean_std(rec.get("test_weighted_f1_per_seed")),
+                "-" if rec.get("test_weighted_f1_other_voters") is None else f"{rec['test_weighted_f1_other_voters'] * 100:.2f}",
+                ", ".join(f"{m} {v * 100:.1f}" for m, v in (rec.get("models_cv") or {}).items()) or "-",
             ]
         )
-    cfg = selftrain.get("config", {})
     intro = (
         f"run_id `{selftrain.get('run_id')}`; models {cfg.get('models')}, seeds {selftrain.get('seeds')}, "
         f"voting `{cfg.get('voting')}` (prior classes {cfg.get('prior_classes')}, mode `{cfg.get('prior_mode')}`), "
-        f"threshold {cfg.get('threshold')}; stopped: {selftrain.get('stopped')}."
+        f"threshold {cfg.get('threshold')}, voters `{cfg.get('voters', 'all')}`; stopped: {selftrain.get('stopped')}. "
+        "The other vote re-votes the same round's models."
     )
     return ["## Self-training rounds", "", intro, ""] + _table(header, rows) + [""]
 
@@ -238,11 +243,17 @@ def build_report(run_dir: str | Path) -> dict:
     summary = [[name, f"{m['weighted_f1'] * 100:.2f}", f"{m['accuracy'] * 100:.2f}"] for name, m in candidates if m]
     if summary:
         lines += ["## Summary", ""] + _table(["system", "test WAF", "accuracy"], summary) + [""]
-    cv = (metrics or {}).get("cv_train")
-    if cv and cv.get("mean") is not None:
-        lines += [f"Cross-validated on the labeled train split ({cv['scheme']}, the score settings are chosen by): "
-                  f"{cv['model']} {fmt_mean_std(cv['per_seed'])} weighted F1 (percent).", ""]
-        report["cv_train"] = cv
+    systems = (metrics or {}).get("systems") or {}
+    if systems:
+        rows = [[name, fmt_mean_std(sys_["cv"].get("per_seed")), fmt_mean_std(sys_["test"].get("waf")),
+                 *[fmt_mean_std(sys_["test"].get(f"f1_{c}")) for c in FOCUS_CLASSES]]
+                for name, sys_ in systems.items()]
+        scheme = next(iter(systems.values()))["cv"]["scheme"]
+        lines += ["## Supervised systems (mean +- std over seeds, percent)", "",
+                  f"CV = weighted F1 on the labeled train split ({scheme}), the score settings are chosen by; "
+                  "the linear late-fusion baseline is the floor.", ""]
+        lines += _table(["system", "CV WAF (train)", "test WAF", *[f"F1 {c}" for c in FOCUS_CLASSES]], rows) + [""]
+        report["systems"] = systems
 
     confusions = []
     if selftrain:

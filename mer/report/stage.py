@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from mer.config import Job
 from mer.errors import MerError
 
@@ -28,7 +30,7 @@ def test_labels(job: Job):
     return pd.DataFrame({"sample_id": features.ids, "label": features.label}), f"store {job.store} ({role})"
 
 
-def evaluate(job: Job) -> dict:
+def evaluate(job: Job, echo=print) -> dict:
     """Score ``run_dir/predictions_test.csv``; write ``metrics.json`` and ``confusion_test.png``."""
     from mer.report.metrics import evaluate_file
 
@@ -39,15 +41,40 @@ def evaluate(job: Job) -> dict:
     truth, source = test_labels(job)
     truth_csv = run_dir / "truth_test.csv"
     truth.to_csv(truth_csv, index=False)
-    cv_path = run_dir / "cv.json"
-    cv = json.loads(cv_path.read_text()) if cv_path.exists() else None
-    metrics = evaluate_file(predictions, truth_csv, run_dir, labels=job.labels, extra={"cv_train": cv})
+    systems = supervised_systems(job, truth)
+    main = systems.get(job.train.model, {})
+    metrics = evaluate_file(predictions, truth_csv, run_dir, labels=job.labels,
+                            extra={"cv_train": main.get("cv"), "systems": systems})
     line = f"   test weighted F1 {metrics['weighted_f1']:.4f}, accuracy {metrics['accuracy']:.4f}"
-    if cv and cv["mean"] is not None:
-        line += f"; {cv['model']} cross-validated on train ({cv['scheme']}) {cv['mean']:.4f}"
-    print(f"{line} (n={metrics['n']}, truth from {source})")
+    for name, system in systems.items():
+        cv = system["cv"]
+        line += (f"; {name} per seed {np.mean(system['test']['waf']):.4f} on test"
+                 + (f", {cv['mean']:.4f} cross-validated on train ({cv['scheme']})" if cv["mean"] is not None else ""))
+    echo(f"{line} (n={metrics['n']}, truth from {source})")
+    cv = main.get("cv") or {}
     return {"weighted_f1": metrics["weighted_f1"], "accuracy": metrics["accuracy"], "files": metrics["files"],
-            "cv_weighted_f1": cv["mean"] if cv else None}
+            "cv_weighted_f1": cv.get("mean")}
+
+
+def supervised_systems(job: Job, truth) -> dict:
+    """Per system of the train stage (``train.model``, ``train.baseline``): CV score and per-seed test scores.
+
+    Test scores are per seed (mean +- std in the report) with F1 of the
+    ``selftrain.prior_classes``; empty when the train stage has not run.
+    """
+    from mer.selftrain.rounds import score, seed_cell
+    from mer.train.cache import predict_cached
+    from mer.train.stage import SYSTEMS_FILE
+
+    path = Path(job.run_dir) / SYSTEMS_FILE
+    if not path.exists():
+        return {}
+    record = json.loads(path.read_text())
+    truth = truth.dropna(subset=["label"]).astype(str)
+    return {name: {"cv": system["cv"],
+                   "test": seed_cell([score(predict_cached(Path(c), job.store, "test"), truth, job.labels)
+                                      for c in system["checkpoints"]])}
+            for name, system in record["systems"].items()}
 
 
 def report(job: Job) -> dict:

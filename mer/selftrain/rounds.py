@@ -69,18 +69,50 @@ def read_truth(path: str | None) -> pd.DataFrame | None:
     return df[["sample_id", "label"]]
 
 
-def vote_kwargs(job: Job) -> dict:
-    """The job's voting settings as keyword arguments of ``voting.vote``."""
+def vote_kwargs(job: Job, weights: dict[str, float] | None = None) -> dict:
+    """The job's voting settings as keyword arguments of ``voting.vote``.
+
+    With ``weights`` (``selftrain.voters: cv``) a prior vote whose audio model
+    has weight 0 becomes a majority vote.
+    """
     st = job.selftrain
+    voting = st.voting
+    if voting == "prior" and weights is not None and weights.get(st.audio_model, 0.0) <= 0:
+        voting = "majority"
     return {
-        "voting": st.voting,
+        "voting": voting,
         "prior_classes": st.prior_classes,
-        "audio_model": st.audio_model if st.voting == "prior" else None,
+        "audio_model": st.audio_model if voting == "prior" else None,
         "prior_mode": st.prior_mode,
+        "weights": weights,
     }
 
 
-def vote_test(job: Job, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def voter_weights(job: Job, cv: dict[str, float]) -> dict[str, float] | None:
+    """Vote weights from the models' CV scores (``selftrain.voters: cv``), else None (equal votes).
+
+    A model scoring more than ``selftrain.cv_margin`` below the best gets 0
+    (no vote); the others vote with their score.
+    """
+    if job.selftrain.voters != "cv" or not cv:
+        return None
+    best = max(cv.values())
+    return {m: (score if score >= best - job.selftrain.cv_margin else 0.0) for m, score in cv.items()}
+
+
+def models_cv(ckpts: dict[tuple[str, int], Path], seeds: list[int]) -> dict[str, float]:
+    """Model -> mean over seeds of its fits' cross-validated weighted F1 on the labeled train split."""
+    from mer.train.checkpoint import read_config
+
+    scores: dict[str, list[float]] = {}
+    for (model, seed), ckpt in ckpts.items():
+        score = read_config(ckpt).get("cv", {}).get("weighted_f1")
+        if seed in seeds and score is not None:
+            scores.setdefault(model, []).append(score)
+    return {m: float(np.mean(v)) for m, v in scores.items()}
+
+
+def vote_test(job: Job, tables: dict[str, pd.DataFrame], weights: dict[str, float] | None = None) -> pd.DataFrame:
     """Final-style prediction on a split: the vote, soft arg-max where it gives no label.
 
     Returns ``sample_id,label,p_<label>...`` (probabilities = mean over models),
@@ -89,8 +121,9 @@ def vote_test(job: Job, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     cols = prob_columns(job.labels)
     st = job.selftrain
     tau = st.threshold if st.test_threshold is None else st.test_threshold
-    voted = vote(tables, job.labels, tau=tau, keep_unlabeled=True, **vote_kwargs(job))
-    mean = average_seeds(list(tables.values()), job.labels)
+    voted = vote(tables, job.labels, tau=tau, keep_unlabeled=True, **vote_kwargs(job, weights))
+    voting_tables = [t for m, t in tables.items() if weights is None or weights.get(m, 0.0) > 0]
+    mean = average_seeds(voting_tables, job.labels)
     out = mean.merge(voted[["sample_id", "label"]].rename(columns={"label": "voted"}), on="sample_id", how="left")
     out["label"] = out["voted"].where(out["voted"].notna(), out["label"])
     return out[["sample_id", "label", *cols]]
@@ -192,11 +225,17 @@ def _one_round(job, r, rdir, accepted, fits_dir, test_truth, hidden, echo) -> tu
     def tables(split, seeds):
         return {m: average_seeds([predict_cached(ckpts[(m, s)], job.store, split) for s in seeds], job.labels) for m in st.models}
 
+    cv = models_cv(ckpts, job.train.seeds)
+    weights = voter_weights(job, cv)
     test_tables = tables("test", job.train.seeds)
-    test_pred = vote_test(job, test_tables)
+    test_pred = vote_test(job, test_tables, weights)
     test_pred.to_csv(rdir / "predictions_test.csv", index=False)
     metrics = score(test_pred, test_truth, job.labels)
-    per_seed = [score(vote_test(job, tables("test", [s])), test_truth, job.labels) for s in job.train.seeds]
+    per_seed = [score(vote_test(job, tables("test", [s]), weights), test_truth, job.labels) for s in job.train.seeds]
+    # The same round's models re-voted the other way, so the report shows the paper's vote and the CV vote side by side.
+    other = dataclasses.replace(job, selftrain=dataclasses.replace(
+        job.selftrain, voters="all" if job.selftrain.voters == "cv" else "cv"))
+    other_metrics = score(vote_test(other, test_tables, voter_weights(other, cv)), test_truth, job.labels)
     per_model = {
         m: seed_cell([score(predict_cached(ckpts[(m, s)], job.store, "test"), test_truth, job.labels) for s in job.train.seeds])
         for m in st.models
@@ -209,6 +248,9 @@ def _one_round(job, r, rdir, accepted, fits_dir, test_truth, hidden, echo) -> tu
         "test_weighted_f1_per_seed": [m["weighted_f1"] for m in per_seed if m],
         "vote_per_seed": seed_cell(per_seed),
         "models": per_model,
+        "models_cv": cv,
+        "vote_weights": weights,
+        "test_weighted_f1_other_voters": None if other_metrics is None else other_metrics["weighted_f1"],
         "added": 0,
         "added_per_class": dict.fromkeys(job.labels, 0),
         "pseudo_accuracy": None,
@@ -218,7 +260,7 @@ def _one_round(job, r, rdir, accepted, fits_dir, test_truth, hidden, echo) -> tu
         unl = tables("unlabeled", job.train.seeds)
         taken = set(accepted["sample_id"].astype(str))
         unl = {m: t[~t["sample_id"].astype(str).isin(taken)] for m, t in unl.items()}
-        new = vote(unl, job.labels, tau=st.threshold, **vote_kwargs(job))
+        new = vote(unl, job.labels, tau=st.threshold, **vote_kwargs(job, weights))
         counts = new["label"].value_counts()
         record["added"] = len(new)
         record["added_per_class"] = {c: int(counts.get(c, 0)) for c in job.labels}

@@ -24,6 +24,9 @@ README's paper mapping:
   alone is a majority of one.
 * **soft** (``voting="soft"``). Mean probability over all models; its arg-max is
   kept where the mean is > ``tau``.
+* **weights** (``weights=``, from ``selftrain.voters: cv``). A model's confident
+  vote counts its weight instead of 1 and the mean probabilities are weighted
+  means; a model with weight 0 does not vote. Equal weights give the rules above.
 * No confident vote -> no label. ``confidence`` is the mean probability of the
   winning label over the models that voted for it (soft: over all models).
 * A sample absent from a model's table gets no vote from that model.
@@ -98,6 +101,7 @@ def vote(
     audio_model: str | None = "unimodal",
     prior_mode: str = "override",
     keep_unlabeled: bool = False,
+    weights: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Resolve several models' probabilities into one pseudo-label per sample.
 
@@ -112,6 +116,7 @@ def vote(
         prior_mode: ``override`` or ``unless_majority``.
         keep_unlabeled: keep samples without a label (``label`` None) instead of
             dropping them.
+        weights: model name -> vote weight (default 1 each; 0 = no vote).
 
     Returns:
         DataFrame ``sample_id, label, confidence, votes`` sorted by sample_id;
@@ -129,7 +134,14 @@ def vote(
     if voting == "prior" and audio_model not in tables:
         raise VotingError(f"prior voting needs the audio model '{audio_model}' among the models {list(tables)}")
 
+    weights = dict(weights or {})
+    tables = {name: t for name, t in tables.items() if weights.get(name, 1.0) > 0}
+    if not tables:
+        raise VotingError("vote: every model has weight 0")
+    if voting == "prior" and audio_model not in tables:
+        raise VotingError(f"prior voting: the audio model '{audio_model}' has weight 0")
     names = list(tables)
+    w = np.array([float(weights.get(name, 1.0)) for name in names])
     label_arr = np.asarray(labels, dtype=object)
     num_classes = len(labels)
     ids, probs = _stack(tables, labels)  # (K, N, C), NaN where a model lacks a sample
@@ -138,11 +150,13 @@ def vote(
     top = filled.argmax(axis=2)  # (K, N)
     top_p = np.take_along_axis(filled, top[..., None], axis=2)[..., 0]
     confident = present & (top_p > tau)
-    mean_p = np.nanmean(np.where(present[..., None], probs, np.nan), axis=0) if len(ids) else np.zeros((0, num_classes))
+    wp = np.where(present, w[:, None], 0.0)  # (K, N): a model's weight where it has the sample
+    with np.errstate(invalid="ignore"):
+        mean_p = np.einsum("kn,knc->nc", wp, np.nan_to_num(probs)) / wp.sum(axis=0)[:, None]
     mean_p = np.nan_to_num(mean_p, nan=0.0)
 
     onehot = np.eye(num_classes, dtype=int)[top] * confident[..., None]  # (K, N, C)
-    counts = onehot.sum(axis=0)  # (N, C)
+    counts = np.einsum("k,knc->nc", w, onehot)  # (N, C) weighted confident votes
     n_conf = confident.sum(axis=0)
     rows = np.arange(len(ids))
 
@@ -151,10 +165,9 @@ def vote(
         accepted = mean_p[rows, winner] > tau
         confidence = mean_p[rows, winner]
     else:
-        # Vote counts are integers and mean probabilities lie in [0, 1]: adding
-        # half the mean probability orders by count first, then by probability.
-        score = np.where(counts > 0, counts + 0.5 * mean_p, -1.0)
-        winner = score.argmax(axis=1)
+        # Most (weighted) votes first; among tied labels the higher mean probability.
+        tied = np.isclose(counts, counts.max(axis=1, keepdims=True)) & (counts > 0)
+        winner = np.where(tied, mean_p, -1.0).argmax(axis=1)
         accepted = n_conf > 0
         if voting == "prior":
             a = names.index(audio_model)
@@ -163,7 +176,7 @@ def vote(
             if prior_mode == "unless_majority":
                 others = counts.copy()
                 others[rows, top[a]] = 0
-                audio_prior &= ~(others.max(axis=1) * 2 > n_conf)
+                audio_prior &= ~(others.max(axis=1) * 2 > counts.sum(axis=1))
             winner = np.where(audio_prior, top[a], winner)
         voters = onehot[:, rows, winner].astype(bool)  # (K, N): confident and voted for the winner
         with np.errstate(invalid="ignore"):
