@@ -6,7 +6,7 @@ weighted F1 / accuracy as mean +- std over seeds. Needs the job's features in
 its store (``mer run JOB stages=[validate,extract]``).
 
 Run: ``python benchmarks/fusion.py jobs/quickstart.yaml [key=value ...] [--models agt,attention,concat,unimodal]``
-(``train.num_workers=0`` runs Ray Train in local mode, in this process: same results, no actor start-up).
+(``execution.num_workers=0`` runs Ray Train in local mode, in this process: same results, no actor start-up).
 """
 
 from __future__ import annotations

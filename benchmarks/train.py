@@ -30,7 +30,8 @@ from mer.config import job_from_dict
 from mer.models import build_model
 from mer.train.data import load_features
 from mer.train.learner import choose_rows, epoch_order, targets_of, train_epoch
-from mer.train.synthetic import write_synthetic_features
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from synthetic import write_synthetic_features  # noqa: E402
 
 
 class InMemory:
@@ -44,12 +45,12 @@ class InMemory:
         return {r: {k: v[index] for k, v in e.items()} for r, e in self.tensors.items()}
 
 
-def make_job(root: Path, run: str = "run", **train) -> object:
+def make_job(root: Path, run: str = "run", num_workers: int = 1, **train) -> object:
     return job_from_dict({
         "name": "bench", "manifest": "none.csv", "store": str(root / "store"), "run_dir": str(root / run),
         "encoders": {"audio": {"alias": "logmel", "seq_len": 16}, "video": {"alias": "frames", "seq_len": 16},
                      "text": {"alias": "minilm", "seq_len": 0}},
-        "train": {"patience": 100, "seeds": [0], **train},
+        "train": {"patience": 100, "seeds": [0], **train}, "execution": {"num_workers": num_workers},
     })
 
 

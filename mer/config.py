@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 
 from mer.errors import MerError
+from mer.stages import STAGES
 
 MER2024_LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 ROLES = ("audio", "video", "text")
-STAGES = ("validate", "extract", "finetune", "train", "selftrain", "ablation", "evaluate", "report")
 
 
 class ConfigError(MerError, ValueError):
@@ -120,17 +120,40 @@ class TrainConfig:
     patience: int = 8
     val_fraction: float = 0.15
     folds: int = 0
+
+
+#: Keys that moved from ``train`` to ``execution`` (how a fit runs, not what it computes).
+EXECUTION_KEYS = ("num_workers", "use_gpu", "max_failures", "memory_budget_gb", "checkpoint_every_s", "concurrent_fits",
+                  "verbose")
+
+
+@dataclass
+class ExecutionConfig:
+    """How training runs, never what it computes: none of these keys is part of a fit's identity.
+
+    Attributes:
+        num_workers: Ray Train workers per fit (DDP when > 1).
+        use_gpu: one GPU per Ray Train worker.
+        max_failures: times Ray Train restarts a fit from its last checkpoint.
+        memory_budget_gb: features up to this size are read into numpy, larger
+            ones are streamed per batch (identical batches either way).
+        checkpoint_every_s: seconds between checkpoint reports (the last epoch
+            always reports). A Ray Train report waits for the controller's 2 s
+            poll, so reporting every sub-second epoch would triple a small
+            model's fit time; a restart loses at most this much work.
+        concurrent_fits: fits of one stage (seeds, self-training's models) run
+            this many at a time.
+        verbose: Ray Train workers print a line per epoch (``mer run -v``); the
+            per-epoch history is in every checkpoint's ``config.json`` either way.
+    """
+
     num_workers: int = 1
     use_gpu: bool = False
     max_failures: int = 1
     memory_budget_gb: float = 4.0
-    # Seconds between checkpoint reports (the last epoch always reports). A Ray
-    # Train report waits for the controller's 2 s poll, so reporting every
-    # sub-second epoch would triple a small model's fit time; a restart loses
-    # at most this much work.
     checkpoint_every_s: float = 10.0
-    # Fits of one stage (seeds, self-training's models) run this many at a time.
     concurrent_fits: int = 2
+    verbose: bool = False
 
 
 @dataclass
@@ -316,10 +339,7 @@ class Job:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
-
-    @property
-    def run_path(self) -> Path:
-        return Path(self.run_dir)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def to_yaml(self) -> str:
         """The resolved job as YAML (written to ``run_dir/config.yaml``)."""
@@ -380,6 +400,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
+            if cls is TrainConfig and key in EXECUTION_KEYS:
+                raise ConfigError(f"'{full}' moved to 'execution.{key}' (how a fit runs, not part of the recipe)")
             raise ConfigError(f"unknown key '{full}' (known: {', '.join(sorted(names))})")
         kwargs[key] = _coerce(value, hints[key], full)
     missing = [
@@ -466,6 +488,12 @@ def _check_tune(cfg: TuneConfig) -> None:
         raise ConfigError(f"tune.scheduler: expected random or asha, got {cfg.scheduler!r}")
     if cfg.folds < 2:
         raise ConfigError(f"tune.folds: cross-validation needs at least 2 folds, got {cfg.folds}")
+
+
+def train_config(values: dict) -> TrainConfig:
+    """A :class:`TrainConfig` from a checkpoint's recorded ``train`` dict (older ones also hold execution keys)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in names})
 
 
 def with_values(job: Job, values: dict[str, Any]) -> Job:

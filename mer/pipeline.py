@@ -1,6 +1,6 @@
 """Run a job's stages in order: the one executor edge that starts Ray.
 
-Each stage is a function ``run(job) -> dict`` in its own package; it reads its
+Each stage (:mod:`mer.stages`) is a function ``run(job, echo) -> dict`` in its own package; it reads its
 inputs from the store or ``run_dir`` and writes its outputs there, so a stage can
 be rerun alone and a rerun skips finished work. The same code runs embedded
 (``ray.init()`` starts a local instance) and inside a Ray job on a cluster
@@ -10,32 +10,13 @@ be rerun alone and a rerun skips finished work. The same code runs embedded
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import threading
 import time
 from pathlib import Path
 
 from mer.config import Job, job_from_dict, path_overrides
-
-STAGE_FUNCTIONS = {
-    "validate": "mer.corpus.stage:run",
-    "extract": "mer.extract.stage:run",
-    "finetune": "mer.finetune.stage:run",
-    "train": "mer.train.stage:run",
-    "selftrain": "mer.selftrain.stage:run",
-    "ablation": "mer.selftrain.ablation:run",
-    "evaluate": "mer.report.stage:evaluate",
-    "report": "mer.report.stage:report",
-}
-RAY_STAGES = {"extract", "finetune", "train", "selftrain", "ablation", "report"}
-
-
-def stage_function(name: str):
-    """Import the function behind a stage name."""
-    module, _, attr = STAGE_FUNCTIONS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
-
+from mer.stages import STAGES
 
 _RAY_START = threading.Lock()
 
@@ -45,9 +26,14 @@ def ensure_ray(attempts: int = 3, **init_kwargs) -> None:
 
     Ray gives a new raylet a fixed 30 s to register, which a saturated machine
     can miss; start-up is tried ``attempts`` times. ``init_kwargs`` go to
-    ``ray.init`` (tests pass fake GPUs).
+    ``ray.init`` (tests pass fake GPUs). Ray's own start-up INFO lines are kept
+    out of the console (``logging_level`` WARNING) unless asked for.
     """
+    import logging
+
     import ray
+
+    init_kwargs.setdefault("logging_level", logging.WARNING)
 
     with _RAY_START:  # concurrent fits (threads) may all ask at once
         if ray.is_initialized():
@@ -87,13 +73,13 @@ def run_job(job: Job, echo=print) -> dict:
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(job.to_yaml())
-    if RAY_STAGES.intersection(job.stages):
+    if any(STAGES[name].needs_ray for name in job.stages):
         ensure_ray()
     results = {}
     for name in job.stages:
         echo(f"== stage {name}")
         start = time.perf_counter()
-        summary = stage_function(name)(job) or {}
+        summary = STAGES[name].function()(job, echo) or {}
         summary["seconds"] = round(time.perf_counter() - start, 1)
         results[name] = summary
         echo(f"   {name} done in {summary['seconds']} s")

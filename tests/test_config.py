@@ -49,7 +49,8 @@ def test_overrides_reach_nested_and_top_level_keys(job_file):
     [
         (["train.epoch=5"], "unknown key 'train.epoch'"),
         (["train.epochs=many"], "train.epochs: expected int"),
-        (["train.use_gpu=3"], "train.use_gpu: expected true/false"),
+        (["execution.use_gpu=3"], "execution.use_gpu: expected true/false"),
+        (["train.num_workers=2"], "'train.num_workers' moved to 'execution.num_workers'"),
         (["stages=[extract, dance]"], "unknown stage 'dance'"),
         (["encoders.smell=logmel"], "unknown role 'smell'"),
         (["epochs"], "not key=value"),

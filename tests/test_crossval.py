@@ -7,7 +7,7 @@ from mer.config import TrainConfig, job_from_dict
 from mer.train.crossval import cross_validate
 from mer.train.data import load_features
 from mer.train.learner import Learner, choose_rows, targets_of
-from mer.train.synthetic import write_synthetic_features
+from synthetic import write_synthetic_features
 
 LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -181,3 +182,25 @@ def test_job_files_parse_and_name_the_paper_encoders():
     assert paper.extract.gpus_per_actor == 1.0
     versions = {encoder_version(s) for s in enc.values()}  # no weights needed for a version
     assert len(versions) == 3
+
+
+@pytest.mark.timeout(600)
+def test_a_plugin_encoder_extracts_and_trains_end_to_end(ray_local, corpus, tmp_path):
+    """``alias: module:Class`` is stored under the class's own alias, and the train stage finds that table."""
+    from mer.config import job_from_dict
+    from mer.encoders import feature_ref
+    from mer.pipeline import run_job
+
+    job = job_from_dict({
+        "name": "plugin", "manifest": str(corpus), "store": str(tmp_path / "store"), "run_dir": str(tmp_path / "run"),
+        "encoders": {"audio": {"alias": "extract_plugins:FragileEncoder", "batch_size": 2}},
+        "stages": ["validate", "extract", "train"],
+        "train": {"model": "unimodal", "epochs": 2, "seeds": [0], "hidden": 8, "baseline": None, "val_fraction": 0.0},
+    })
+    results = run_job(job, echo=lambda _: None)
+    ref = feature_ref("audio", job.encoders["audio"])
+    assert ref.table.startswith("features__fragile__") and results["extract"]["audio"]["table"] == ref.table
+    config = json.loads((Path(results["train"]["checkpoints"][0]) / "config.json").read_text())
+    assert config["read"]["tables"]["audio"]["table"] == ref.table
+    preds = pd.read_csv(tmp_path / "run" / "predictions_unlabeled.csv")
+    assert len(preds) == results["train"]["n_unlabeled"] > 0

@@ -221,7 +221,7 @@ def test_ablation_cells_feed_the_report(job, fake_training, monkeypatch):
     from mer.selftrain import ablation
 
     extracted = []
-    monkeypatch.setattr("mer.extract.stage.run", lambda j: extracted.append(j.store) or {})
+    monkeypatch.setattr("mer.extract.stage.run", lambda j, echo=print: extracted.append(j.store) or {})
     monkeypatch.setattr(ablation, "corrupted_job", lambda j, name, snr: ablation.variant(j, name, store=f"{j.store}_{name}"))
     monkeypatch.setattr(ablation, "_empty_audio_table", lambda j, store: None)
     job = job_from_dict({**_as_dict(job), "report": {"fusion_models": ["attention", "agt"], "thresholds": [0.9, 0.99], "snr_db": [10]}})
@@ -253,7 +253,7 @@ def test_round_0_reuses_the_train_stage_fits(job, fake_training):
 def test_balanced_variants_score_pseudo_labels_against_their_own_truth(job, fake_training, monkeypatch, tmp_path):
     from mer.selftrain import ablation
 
-    monkeypatch.setattr("mer.extract.stage.run", lambda j: {})
+    monkeypatch.setattr("mer.extract.stage.run", lambda j, echo=print: {})
     monkeypatch.setattr(ablation, "corruption_cells", lambda j, fits, echo: [])
     other = tmp_path / "balanced_truth.csv"
     pd.DataFrame({"sample_id": UNLABELED, "label": "neutral"}).to_csv(other, index=False)
@@ -265,11 +265,13 @@ def test_balanced_variants_score_pseudo_labels_against_their_own_truth(job, fake
     assert cells["balanced: + prior-knowledge voting"]["pseudo_accuracy"] == [0.0]
 
 
-def test_execution_only_train_keys_reuse_the_fit_cache(job, fake_training):
+def test_execution_keys_and_the_stage_s_choice_of_fits_reuse_the_fit_cache(job, fake_training):
     from mer.train.cache import fit_cached
 
     first = fit_cached(job, "agt", 0)
-    other = job_from_dict({**_as_dict(job), "train": {**_as_dict(job)["train"], "concurrent_fits": 1, "checkpoint_every_s": 0}})
+    other = job_from_dict({**_as_dict(job), "execution": {"concurrent_fits": 1, "checkpoint_every_s": 0,
+                                                          "num_workers": 2, "memory_budget_gb": 0.5},
+                           "train": {**_as_dict(job)["train"], "model": "attention", "seeds": [5], "baseline": None}})
     assert fit_cached(other, "agt", 0) == first and len(fake_training) == 1
     changed = job_from_dict({**_as_dict(job), "train": {**_as_dict(job)["train"], "lr": 0.5}})
     assert fit_cached(changed, "agt", 0) != first and len(fake_training) == 2

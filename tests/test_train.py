@@ -17,18 +17,18 @@ from click.testing import CliRunner
 from sklearn.metrics import accuracy_score, f1_score
 
 from mer.config import job_from_dict
-from mer.train.synthetic import write_synthetic_features
+from synthetic import write_synthetic_features
 
 LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 
 
-def make_job(root, run="run", **train):
+def make_job(root, run="run", execution=None, **train):
     train = {"epochs": 8, "seeds": [0], "hidden": 32, "heads": 2, "batch_size": 32, "patience": 20, **train}
     return job_from_dict({
         "name": "t", "manifest": str(root / "none.csv"), "store": str(root / "store"), "run_dir": str(root / run),
         "encoders": {"audio": {"alias": "logmel", "seq_len": 4}, "video": {"alias": "frames", "seq_len": 4},
                      "text": {"alias": "minilm", "seq_len": 0}},
-        "train": train,
+        "train": train, "execution": execution or {},
     })
 
 
@@ -102,9 +102,12 @@ def test_checkpoint_round_trip_identical_predictions(root, trained, tmp_path):
 @pytest.mark.timeout(900)
 def test_resume_after_injected_worker_failure_matches_clean_run(root, trained):
     """The rank-0 worker process dies at epoch 3; Ray restarts it from the last checkpoint."""
+    from faults import dying_train_loop
+
     from mer.train.fit import fit
 
-    resumed = fit(make_job(root, run="run_fail", checkpoint_every_s=0), "agt", 0, root / "ckpt_fail", fail_at_epoch=3)
+    resumed = fit(make_job(root, run="run_fail", execution={"checkpoint_every_s": 0}), "agt", 0, root / "ckpt_fail",
+                  worker_loop=dying_train_loop)
     config = json.loads((resumed / "config.json").read_text())
     assert config["resumed_at"][0] and 1 <= config["resumed_at"][0][0] <= 3
     assert [h["epoch"] for h in config["history"][0]] == list(range(8))
@@ -182,7 +185,7 @@ def test_train_stage_outputs_and_evaluate_stage(root, stage_summary, trained):
                           suffixes=("_true", "_pred"))
     assert metrics["systems"]["linear"]["test"]["waf"] == [
         pytest.approx(f1_score(t["label_true"], t["label_pred"], average="weighted"), abs=1e-6)]
-    assert set(metrics["systems"]["agt"]["test"]) == {"waf", "f1_worried", "f1_sad"}
+    assert set(metrics["systems"]["agt"]["test"]) == {"waf", *[f"f1_{c}" for c in LABELS]}
     from mer.report.report import build_report
 
     report = (root / "run" / "report.md")

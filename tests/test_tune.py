@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from mer.config import job_from_dict
-from mer.train.synthetic import write_synthetic_features
+from synthetic import write_synthetic_features
 
 MER = [str(Path(sys.executable).parent / "mer")]
 

@@ -16,7 +16,7 @@ from mer.errors import MerError
 CLEAN_FILE = "manifest_clean.csv"
 
 
-def run(job: Job) -> dict:
+def run(job: Job, echo=print) -> dict:
     """Validate ``job.manifest`` against ``job.labels``; return a summary.
 
     Returns:
@@ -34,7 +34,7 @@ def run(job: Job) -> dict:
         raise MerError(f"{job.manifest}: no usable rows (see {quarantine})")
     clean = run_dir / CLEAN_FILE
     result.clean.to_csv(clean, index=False)
-    print(result.summary_table())
+    echo(result.summary_table())
     return {
         "rows": {k: int(v) for k, v in result.clean["split"].value_counts().items()},
         "modalities": {m: int(result.clean[f"has_{m}"].sum()) for m in ("audio", "video", "text")},

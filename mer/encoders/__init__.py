@@ -10,6 +10,7 @@ editing this registry. No Ray here.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 from mer.config import EncoderSpec
 from mer.encoders.base import Encoder, segment_means, weights_fingerprint
@@ -61,13 +62,48 @@ def encoder_version(spec: EncoderSpec) -> str:
     return encoder_class(spec.alias).compute_version(spec)
 
 
+@dataclass(frozen=True)
+class FeatureRef:
+    """Where one role's features live, resolved once from the job's encoder spec.
+
+    ``alias`` is the encoder *class's* alias: a plug-in ``mypkg.module:MyEncoder``
+    whose class says ``alias = "mine"`` is stored as ``features__mine__...``,
+    and every stage that reads or writes it goes through this reference.
+    """
+
+    role: str
+    alias: str
+    version: str
+
+    @property
+    def table(self) -> str:
+        """``features__<alias>__<version8>``."""
+        from mer.store.schema import table_name
+
+        return table_name(self.alias, self.version)
+
+
+def feature_ref(role: str, spec: EncoderSpec) -> FeatureRef:
+    """The :class:`FeatureRef` of ``spec`` for ``role`` (no model load)."""
+    cls = encoder_class(spec.alias)
+    return FeatureRef(role, cls.alias, cls.compute_version(spec))
+
+
+def feature_refs(encoders: dict[str, EncoderSpec]) -> dict[str, FeatureRef]:
+    """Role -> :class:`FeatureRef` for a job's ``encoders``."""
+    return {role: feature_ref(role, spec) for role, spec in encoders.items()}
+
+
 __all__ = [
     "KNOWN_ENCODERS",
     "Encoder",
+    "FeatureRef",
     "UnknownEncoderError",
     "build_encoder",
     "encoder_class",
     "encoder_version",
+    "feature_ref",
+    "feature_refs",
     "segment_means",
     "weights_fingerprint",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import pickle
 import time
@@ -35,9 +36,9 @@ from ray.util.annotations import RayDeprecationWarning
 from tqdm import tqdm
 
 from mer.config import EncoderSpec, ExtractConfig
-from mer.encoders import build_encoder
+from mer.encoders import build_encoder, feature_ref
 from mer.extract.workers import EncodeActor, decode_batch
-from mer.store import open_store, table_name
+from mer.store import open_store
 
 MANIFEST_COLUMNS = ["sample_id", "split", "label", "video", "audio", "text"]
 
@@ -141,12 +142,13 @@ def extract_rows(
         (``startup_s``: until the first batch came back; actor start and model load).
     """
     encoder = build_encoder(spec)
-    alias, version = encoder.alias, encoder.version
+    ref = feature_ref(encoder.role or "", spec)
+    alias, version = ref.alias, ref.version
     store = open_store(store_uri)
     done = store.existing_ids(alias, version)
     todo = rows[~rows["sample_id"].isin(done)]
     summary = {
-        "table": table_name(alias, version),
+        "table": ref.table,
         "encoder": alias,
         "version": version,
         "written": 0,
@@ -159,6 +161,7 @@ def extract_rows(
     plan = plan_resources(cfg)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one driver bar below instead of one per operator
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # plan and start-up INFO lines: the bar says it
     ds = build_dataset(todo, spec, plan, cfg.max_restarts)
 
     start = time.perf_counter()

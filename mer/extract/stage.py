@@ -18,7 +18,6 @@ from mer.corpus.stage import CLEAN_FILE
 from mer.corpus.validate import append_quarantine, validate_manifest
 from mer.encoders import encoder_class
 from mer.extract.pipeline import extract_rows
-from mer.pipeline import ensure_ray
 
 
 def clean_rows(job: Job) -> pd.DataFrame:
@@ -45,7 +44,7 @@ def roles_of(job: Job, roles: list[str] | None = None) -> list[str]:
     return roles
 
 
-def run(job: Job, roles: list[str] | None = None) -> dict:
+def run(job: Job, echo=print, roles: list[str] | None = None) -> dict:
     """Extract features for ``roles`` (default: see ``roles_of``).
 
     Returns:
@@ -53,7 +52,6 @@ def run(job: Job, roles: list[str] | None = None) -> dict:
     """
     roles = roles_of(job, roles)
     rows = clean_rows(job)
-    ensure_ray()
     summary = {}
     for role in roles:
         subset = rows[rows[f"has_{role}"].astype(bool)]
@@ -63,7 +61,7 @@ def run(job: Job, roles: list[str] | None = None) -> dict:
 
         result = extract_rows(subset, job.encoders[role], job.store, job.extract, on_failed=quarantine)
         summary[role] = result
-        print(
+        echo(
             f"   {role}: {result['encoder']} -> {result['table']}: written {result['written']}, "
             f"skipped {result['skipped']} (already stored), failed {result['failed']}"
             + (f" (see {Path(job.run_dir) / 'quarantine.csv'})" if result["failed"] else "")

@@ -14,7 +14,7 @@ from mer.config import Job
 from mer.finetune.launch import finetune
 
 
-def run(job: Job) -> dict:
+def run(job: Job, echo=print) -> dict:
     """Fine-tune ``job.finetune.role``; re-extract it unless ``finetune.reextract`` is false."""
     summary = finetune(job)
     role = job.finetune.role
@@ -23,5 +23,5 @@ def run(job: Job) -> dict:
     if job.finetune.reextract:
         from mer.extract.stage import run as extract
 
-        summary["extract"] = extract(job, roles=[role])
+        summary["extract"] = extract(job, echo, roles=[role])
     return summary

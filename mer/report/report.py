@@ -34,7 +34,9 @@ METRIC_TITLES = {
     "added": "pseudo-labels added",
     "pseudo_accuracy": "pseudo-label acc.",
 }
-FOCUS_CLASSES = ("worried", "sad")
+#: Classes whose F1 every quality table shows when the run does not name its own
+#: (``selftrain.prior_classes``: the ones MER-SEMI's test set is full of).
+DEFAULT_FOCUS = ("worried", "sad")
 
 
 class ReportError(MerError):
@@ -114,14 +116,14 @@ def _rounds_section(selftrain: dict) -> list[str]:
     return ["## Self-training rounds", "", intro, ""] + _table(header, rows) + [""]
 
 
-def _quality_section(selftrain: dict) -> list[str]:
+def _quality_section(selftrain: dict, focus) -> list[str]:
     """Self-training + voting vs the supervised audio-guided model, per seed."""
     cmp = selftrain.get("comparison")
     if not cmp:
         return []
-    header = ["system", "test WAF", *[f"F1 {c}" for c in FOCUS_CLASSES]]
+    header = ["system", "test WAF", *[f"F1 {c}" for c in focus]]
     rows = [
-        [name, fmt_mean_std(cell.get("waf")), *[fmt_mean_std(cell.get(f"f1_{c}")) for c in FOCUS_CLASSES]]
+        [name, fmt_mean_std(cell.get("waf")), *[fmt_mean_std(cell.get(f"f1_{c}")) for c in focus]]
         for name, cell in cmp.items()
     ]
     names = list(cmp)
@@ -229,6 +231,8 @@ def build_report(run_dir: str | Path) -> dict:
         raise ReportError(f"{run_dir}: nothing to report (no metrics.json, selftrain.json or ablation.json; run the evaluate/selftrain stages first)")
 
     name = (selftrain or ablation or {}).get("name") or run_dir.name
+    focus = ((selftrain or {}).get("config") or {}).get("prior_classes") or (metrics or {}).get("focus_classes") \
+        or list(DEFAULT_FOCUS)
     lines = [f"# Report: {name}", "", f"Run folder `{run_dir}`.", ""]
     report: dict[str, Any] = {"name": name, "run_dir": str(run_dir), "files": []}
     plots: list[Path] = []
@@ -246,18 +250,18 @@ def build_report(run_dir: str | Path) -> dict:
     systems = (metrics or {}).get("systems") or {}
     if systems:
         rows = [[name, fmt_mean_std(sys_["cv"].get("per_seed")), fmt_mean_std(sys_["test"].get("waf")),
-                 *[fmt_mean_std(sys_["test"].get(f"f1_{c}")) for c in FOCUS_CLASSES]]
+                 *[fmt_mean_std(sys_["test"].get(f"f1_{c}")) for c in focus]]
                 for name, sys_ in systems.items()]
         scheme = next(iter(systems.values()))["cv"]["scheme"]
         lines += ["## Supervised systems (mean +- std over seeds, percent)", "",
                   f"CV = weighted F1 on the labeled train split ({scheme}), the score settings are chosen by; "
                   "the linear late-fusion baseline is the floor.", ""]
-        lines += _table(["system", "CV WAF (train)", "test WAF", *[f"F1 {c}" for c in FOCUS_CLASSES]], rows) + [""]
+        lines += _table(["system", "CV WAF (train)", "test WAF", *[f"F1 {c}" for c in focus]], rows) + [""]
         report["systems"] = systems
 
     confusions = []
     if selftrain:
-        lines += _rounds_section(selftrain) + _quality_section(selftrain)
+        lines += _rounds_section(selftrain) + _quality_section(selftrain, focus)
         plots += plot_rounds(selftrain, run_dir)
         report["selftrain"] = {k: selftrain.get(k) for k in ("run_id", "rounds", "stopped", "comparison", "config")}
         if selftrain.get("supervised"):

@@ -22,11 +22,12 @@ def test_labels(job: Job):
         truth = manifest.loc[manifest["split"] == "test", ["sample_id", "label"]]
         if truth["label"].notna().any():
             return truth, job.manifest
-    from mer.encoders import encoder_version
+    from mer.encoders import feature_ref
     from mer.store import open_store
 
     role, spec = sorted(job.encoders.items())[0]
-    features = open_store(job.store).read(spec.alias, encoder_version(spec), split="test")
+    ref = feature_ref(role, spec)
+    features = open_store(job.store).read(ref.alias, ref.version, split="test")
     return pd.DataFrame({"sample_id": features.ids, "label": features.label}), f"store {job.store} ({role})"
 
 
@@ -44,7 +45,8 @@ def evaluate(job: Job, echo=print) -> dict:
     systems = supervised_systems(job, truth)
     main = systems.get(job.train.model, {})
     metrics = evaluate_file(predictions, truth_csv, run_dir, labels=job.labels,
-                            extra={"cv_train": main.get("cv"), "systems": systems})
+                            extra={"cv_train": main.get("cv"), "systems": systems,
+                                   "focus_classes": list(job.selftrain.prior_classes)})
     line = f"   test weighted F1 {metrics['weighted_f1']:.4f}, accuracy {metrics['accuracy']:.4f}"
     for name, system in systems.items():
         cv = system["cv"]
@@ -77,7 +79,7 @@ def supervised_systems(job: Job, truth) -> dict:
             for name, system in record["systems"].items()}
 
 
-def report(job: Job) -> dict:
+def report(job: Job, echo=print) -> dict:
     """``report.md``/``report.json``/plots of ``run_dir`` (see :mod:`mer.report.report`)."""
     from mer.report.report import build_report
 

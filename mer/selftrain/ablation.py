@@ -143,12 +143,11 @@ def corrupted_job(job: Job, condition: str, snr_db: float | None) -> Job:
 
 def _empty_audio_table(job: Job, store_uri: str) -> None:
     """An audio table with the trained-on name and schema but no rows: every test clip lacks audio."""
-    from mer.encoders import encoder_version
-    from mer.store import open_store, table_name
+    from mer.encoders import feature_ref
+    from mer.store import open_store
 
-    name = table_name(job.encoders["audio"].alias, encoder_version(job.encoders["audio"]))
-    schema = open_store(job.store).db.open_table(name).schema
-    open_store(store_uri).db.create_table(name, schema=schema, exist_ok=True)
+    name = feature_ref("audio", job.encoders["audio"]).table
+    open_store(store_uri).create_empty_like(name, open_store(job.store))
 
 
 def corruption_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
@@ -163,7 +162,7 @@ def corruption_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
         if name != "clean":
             cjob = corrupted_job(job, name, snr)
             echo(f"   ablation: extract corrupted test split '{name}' -> {cjob.store}")
-            extract(cjob)
+            extract(cjob, echo)
             if snr is None:
                 _empty_audio_table(job, cjob.store)
             store = cjob.store
@@ -191,7 +190,7 @@ def encoder_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
                       **{"encoders.audio": spec, "extract.roles": ["audio"]})
         if spec != dataclasses.asdict(job.encoders["audio"]):
             echo(f"   ablation: extract audio with {label}")
-            extract(var)
+            extract(var, echo)
         for model, cell in supervised_cells(var, ["agt", "unimodal"], fits_dir).items():
             cells.append({"variant": f"{label}: {model}", **cell})
     return cells
@@ -225,7 +224,7 @@ def run(job: Job, echo=print) -> dict:
 
         bal = variant(job, "balanced", manifest=rep.balanced_manifest, truth=rep.balanced_truth,
                       store=str(job.store).rstrip("/") + "_balanced")
-        extract(bal)
+        extract(bal, echo)
         bal_fits = fits_dir_of(bal)
         shifted = [dict(c, variant=f"shifted: {c['variant']}") for c in axes["voting"]]
         balanced = [{"variant": f"balanced: supervised {base}", **supervised_cells(bal, [base], bal_fits)[base]}]

@@ -170,6 +170,16 @@ class FeatureStore:
                 raise StoreError(f"{tbl.name} has no version {as_of}; versions: {known}") from exc
         return tbl
 
+    def describe_table(self, name: str) -> dict:
+        """A feature table's shape: ``dim`` of ``vector``, ``has_seq``, current Lance ``version``, ``rows``."""
+        tbl = self.open_table(name)
+        return {"dim": int(tbl.schema.field("vector").type.list_size), "has_seq": "seq" in tbl.schema.names,
+                "version": int(tbl.version), "rows": tbl.count_rows()}
+
+    def create_empty_like(self, name: str, source: FeatureStore) -> None:
+        """An empty table ``name`` with the schema of ``source``'s table of that name (a modality with no rows)."""
+        self.db.create_table(name, schema=source.open_table(name).schema, exist_ok=True)
+
     def dataset_uri(self, alias: str, version: str | None = None) -> str:
         """URI of the Lance dataset behind a table (for ``ray.data.read_lance``)."""
         return self.open_table(alias, version).to_lance().uri

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -27,9 +27,8 @@ from mer.config import Job
 from mer.train.data import ReadPlan, plan_read
 
 DONE = "done.json"
-#: Training keys that change how a fit runs, not its weights (a resumed fit ends
-#: with the same weights whenever it checkpointed): changing them reuses the cache.
-EXECUTION_ONLY = ("checkpoint_every_s", "concurrent_fits")
+#: ``train`` keys that say which fits a stage makes, not how one is made.
+NOT_RECIPE = ("seeds", "model", "baseline")
 
 
 def digest(obj) -> str:
@@ -38,9 +37,14 @@ def digest(obj) -> str:
 
 
 def fingerprint(job: Job) -> dict:
-    """What a fit of ``job`` depends on besides the model name, seed and extra labels."""
+    """What a fit of ``job`` depends on besides the model name, seed and extra labels.
+
+    The recipe alone: ``execution`` (workers, GPUs, budgets, checkpoint cadence)
+    changes how a fit runs, not its weights (a resumed fit ends with the same
+    weights), so changing it reuses the cache.
+    """
     train = dataclasses.asdict(job.train)
-    for key in ("seeds", *EXECUTION_ONLY):
+    for key in NOT_RECIPE:
         train.pop(key)
     return {
         "train": train,
@@ -56,6 +60,23 @@ def fits_dir_of(job: Job) -> Path:
     return Path(job.run_dir) / "checkpoints"
 
 
+def labels_key(extra: pd.DataFrame | None) -> list:
+    """Pseudo-labels ``sample_id,label`` as a sorted list (part of a fit's identity)."""
+    return [] if extra is None else sorted(zip(extra["sample_id"].astype(str), extra["label"].astype(str)))
+
+
+def fit_name(job: Job, plan: ReadPlan, model: str, seed: int, extra: pd.DataFrame | None = None) -> str:
+    """``<model>_s<seed>_<key>``: the one hash of everything a fit's weights depend on.
+
+    The key covers the recipe (:func:`fingerprint`), the store tables and their
+    pinned Lance versions, the model, the seed and the exact extra labels. It
+    names the fit cache folder and the fit's Ray Train runs.
+    """
+    tables = {r: [t.table, t.table_version] for r, t in sorted(plan.roles.items())}
+    key = digest([fingerprint(job), tables, model, seed, labels_key(extra)])[:12]
+    return f"{model}_s{seed}_{key}"
+
+
 def fit_cached(job: Job, model: str, seed: int, extra: pd.DataFrame | None = None,
                fits_dir: Path | None = None, plan: ReadPlan | None = None) -> Path:
     """Train one model/seed on train + ``extra`` (``sample_id,label``) unless that exact fit is on disk.
@@ -66,33 +87,46 @@ def fit_cached(job: Job, model: str, seed: int, extra: pd.DataFrame | None = Non
     from mer.train.fit import fit
 
     plan = plan or plan_read(job)
-    tables = {r: [t.table, t.table_version] for r, t in sorted(plan.roles.items())}
-    labels_key = [] if extra is None else sorted(zip(extra["sample_id"].astype(str), extra["label"].astype(str)))
-    key = digest([fingerprint(job), tables, model, seed, labels_key])[:12]
-    out_dir = Path(fits_dir or fits_dir_of(job)) / f"{model}_s{seed}_{key}"
+    out_dir = Path(fits_dir or fits_dir_of(job)) / fit_name(job, plan, model, seed, extra)
     done = out_dir / DONE
     if done.exists():
         return out_dir
-    extra_labels = None if not labels_key else extra[["sample_id", "label"]].reset_index(drop=True)
+    pseudo = labels_key(extra)
+    extra_labels = None if not pseudo else extra[["sample_id", "label"]].reset_index(drop=True)
     fit(job, model, seed, out_dir, extra_labels=extra_labels, plan=plan)
-    done.write_text(json.dumps({"model": model, "seed": seed, "pseudo_labels": len(labels_key), "tables": tables}))
+    tables = {r: [t.table, t.table_version] for r, t in sorted(plan.roles.items())}
+    done.write_text(json.dumps({"model": model, "seed": seed, "pseudo_labels": len(pseudo), "tables": tables}))
     return out_dir
 
 
 def fit_many(job: Job, runs: list[tuple[str, int]], extra: pd.DataFrame | None = None,
              fits_dir: Path | None = None, plan: ReadPlan | None = None) -> dict[tuple[str, int], Path]:
-    """``fit_cached`` for every ``(model, seed)`` in ``runs``, ``train.concurrent_fits`` at a time.
+    """``fit_cached`` for every ``(model, seed)`` in ``runs``, ``execution.concurrent_fits`` at a time.
 
     Concurrent fits overlap Ray Train's per-run start-up (placement group,
     worker process, data read), which dominates small models' fits; each
     TorchTrainer still asks Ray for its own resources, so they queue when the
-    cluster is full.
+    cluster is full. A progress bar counts finished fits and shows the best
+    validation (CV or holdout) weighted F1 so far.
     """
+    from tqdm import tqdm
+
     plan = plan or plan_read(job)
-    workers = max(1, min(job.train.concurrent_fits, len(runs)))
-    with ThreadPoolExecutor(workers, thread_name_prefix="mer-fit") as pool:
-        futures = {run: pool.submit(fit_cached, job, *run, extra, fits_dir, plan) for run in runs}
-        return {run: future.result() for run, future in futures.items()}
+    workers = max(1, min(job.execution.concurrent_fits, len(runs)))
+    best = None
+    with ThreadPoolExecutor(workers, thread_name_prefix="mer-fit") as pool, \
+            tqdm(total=len(runs), desc="fits", unit="fit", disable=len(runs) < 2) as bar:
+        futures = {pool.submit(fit_cached, job, *run, extra, fits_dir, plan): run for run in runs}
+        done = {}
+        for future in as_completed(futures):
+            done[futures[future]] = path = future.result()
+            score = json.loads((path / "config.json").read_text()).get("cv", {}).get("weighted_f1")
+            if score is not None and (best is None or score > best[0]):
+                best = (score, futures[future][0])
+            if best:
+                bar.set_postfix_str(f"best val WAF {best[0]:.3f} ({best[1]})")
+            bar.update()
+        return {run: done[run] for run in runs}
 
 
 def predict_cached(checkpoint: Path, store: str, split: str) -> pd.DataFrame:

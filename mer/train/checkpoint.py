@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mer.config import TrainConfig
+from mer.config import train_config
 from mer.errors import MerError
 from mer.models import build_model
 
@@ -52,7 +52,7 @@ def read_config(checkpoint_dir: str | Path) -> dict:
 def load_models(checkpoint_dir: str | Path) -> tuple[dict, list[nn.Module]]:
     """The config and one eval-mode model per weights file (fold) of a checkpoint."""
     config = read_config(checkpoint_dir)
-    cfg = TrainConfig(**config["train"])
+    cfg = train_config(config["train"])
     models = []
     for name in config["weights"]:
         model = build_model(config["model"], config["dims"], len(config["labels"]), cfg)

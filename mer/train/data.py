@@ -6,7 +6,7 @@ training run reads a fixed snapshot and its checkpoint can say which.
 
 Two read paths give the same batches:
 
-* numpy (default when the features fit in ``train.memory_budget_gb``): one
+* numpy (default when the features fit in ``execution.memory_budget_gb``): one
   column-projected ``FeatureStore.read`` per role into arrays;
 * streaming (above the budget): only ``sample_id/split/label`` are read up
   front; each batch is fetched with Lance random access (``take``) by row
@@ -18,7 +18,7 @@ Both paths sort samples by ``sample_id`` and pad ``seq`` to the encoder's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -76,10 +76,9 @@ def resolve_table(store, role: str, alias: str, encoder_version: str, seq_len: i
     name = table_name(alias, encoder_version)
     if name not in store.table_names():
         raise StoreError(f"store {store.uri}: no table {name} for role '{role}' (run the extract stage first)")
-    table = store.db.open_table(name)
-    dim = table.schema.field("vector").type.list_size
-    seq_len = seq_len if "seq" in table.schema.names else 0
-    return RoleTable(role, alias, encoder_version, name, int(table.version), int(dim), int(seq_len), table.count_rows())
+    info = store.describe_table(name)
+    seq_len = seq_len if info["has_seq"] else 0
+    return RoleTable(role, alias, encoder_version, name, info["version"], info["dim"], int(seq_len), info["rows"])
 
 
 def make_plan(store: str, tables: dict[str, RoleTable], budget_gb: float, streaming: bool | None) -> ReadPlan:
@@ -94,24 +93,24 @@ def plan_read(job: Job, streaming: bool | None = None) -> ReadPlan:
     """Resolve the job's encoders to store tables and pin their newest versions.
 
     Args:
-        job: the job (``encoders``, ``store``, ``train.use_seq``, ``train.memory_budget_gb``).
+        job: the job (``encoders``, ``store``, ``train.use_seq``, ``execution.memory_budget_gb``).
         streaming: force a read path; ``None`` picks streaming when the
-            estimated float32 size exceeds ``train.memory_budget_gb``.
+            estimated float32 size exceeds ``execution.memory_budget_gb``.
 
     Raises:
         MerError: no encoders, or a role's table is not in the store.
     """
-    from mer.encoders import encoder_version
+    from mer.encoders import feature_refs
     from mer.store import open_store
 
     if not job.encoders:
         raise MerError("encoders: the job names no encoder, nothing to train on")
     store = open_store(job.store)
     tables = {}
-    for role, spec in job.encoders.items():
-        seq_len = spec.seq_len if job.train.use_seq else 0
-        tables[role] = resolve_table(store, role, spec.alias, encoder_version(spec), seq_len)
-    return make_plan(job.store, tables, job.train.memory_budget_gb, streaming)
+    for role, ref in feature_refs(job.encoders).items():
+        seq_len = job.encoders[role].seq_len if job.train.use_seq else 0
+        tables[role] = resolve_table(store, role, ref.alias, ref.version, seq_len)
+    return make_plan(job.store, tables, job.execution.memory_budget_gb, streaming)
 
 
 def _pad_seq(seq: np.ndarray | None, mask: np.ndarray | None, n: int, seq_len: int, dim: int):
@@ -198,7 +197,6 @@ class MultiModalData:
     label: np.ndarray
     roles: dict[str, RoleData]
     plan: ReadPlan
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -14,7 +14,6 @@ over, and a changed input starts fresh.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -24,6 +23,7 @@ import pandas as pd
 
 from mer.config import Job
 from mer.errors import MerError
+from mer.train.cache import fit_name
 from mer.train.checkpoint import CONFIG, OOF_FILE
 from mer.train.crossval import out_of_fold
 from mer.train.data import ReadPlan, plan_read
@@ -44,26 +44,21 @@ def _extra_dict(extra_labels: pd.DataFrame | None, labels: list[str]) -> dict[st
     return dict(zip(extra_labels["sample_id"].astype(str), extra_labels["label"].astype(str)))
 
 
-def _run_name(loop_config: dict) -> str:
-    key = json.dumps({k: v for k, v in loop_config.items() if k != "fail_at_epoch"}, sort_keys=True, default=str)
-    return f"{loop_config['tag'].replace(' ', '_')}_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-
-
-def train_one(job: Job, loop_config: dict, storage: Path):
+def train_one(job: Job, loop_config: dict, storage: Path, name: str, worker_loop=None):
     """One TorchTrainer run; returns the ``ray.train.Result``."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    cfg = job.train
+    cfg = job.execution
     trainer = TorchTrainer(
-        train_loop,
+        worker_loop or train_loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=ray.train.RunConfig(
-            name=_run_name(loop_config),
+            name=name,
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
@@ -79,7 +74,7 @@ def fit(
     *,
     plan: ReadPlan | None = None,
     streaming: bool | None = None,
-    fail_at_epoch: int | None = None,
+    worker_loop=None,
 ) -> Path:
     """Train ``model_name`` with ``seed`` on the job's features; export a checkpoint.
 
@@ -93,35 +88,30 @@ def fit(
             (never to validation).
         plan: a read plan to reuse (default: pin the newest table versions).
         streaming: force the streaming (True) or numpy (False) read path.
-        fail_at_epoch: testing only; the rank-0 worker process exits at the
-            start of this epoch on the first attempt, to exercise recovery.
+        worker_loop: the Ray Train worker function (default
+            :func:`mer.train.loop.train_loop`; tests wrap it to inject failures).
 
     Returns:
         ``out_dir`` as a Path.
     """
-    import ray
-
     cfg = job.train
-    if cfg.num_workers > 0 and not ray.is_initialized():
-        from mer.pipeline import ensure_ray
-
-        ensure_ray()
     plan = plan or plan_read(job, streaming=streaming)
     extra = _extra_dict(extra_labels, job.labels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     storage = (Path(job.run_dir) / "ray_train").resolve()
     folds = list(range(cfg.folds)) if cfg.folds > 1 else [None]
-    weights, histories = [], []
-    # Ray Train's own INFO lines (run status, storage paths) drown the epoch lines.
+    weights, histories, runs = [], [], []
+    # Ray Train's own INFO lines (run status, storage paths) would drown the stage's progress.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     for fold in folds:
         tag = f"{model_name} seed{seed}" + ("" if fold is None else f" fold{fold}")
         loop_config = {
-            "plan": plan, "train": dataclasses.asdict(cfg), "labels": list(job.labels), "model": model_name,
-            "seed": seed, "fold": fold, "extra": extra, "tag": tag, "fail_at_epoch": fail_at_epoch,
+            "plan": plan, "train": dataclasses.asdict(cfg), "execution": dataclasses.asdict(job.execution),
+            "labels": list(job.labels), "model": model_name, "seed": seed, "fold": fold, "extra": extra, "tag": tag,
         }
-        result = train_one(job, loop_config, storage)
+        run_name = fit_name(job, plan, model_name, seed, extra_labels) + ("" if fold is None else f"_fold{fold}")
+        result = train_one(job, loop_config, storage, run_name, worker_loop)
         if result.checkpoint is None:
             raise MerError(f"training {tag} reported no checkpoint (see {storage})")
         name = "model.safetensors" if fold is None else f"model_fold{fold}.safetensors"
@@ -130,6 +120,7 @@ def fit(
             state = json.loads((Path(folder) / "state.json").read_text())
         weights.append(name)
         histories.append(state)
+        runs.append(storage / run_name)
     cv, oof = out_of_fold(histories, job.labels)
     oof.to_csv(out / OOF_FILE, index=False, float_format="%.6f")
     config = {
@@ -147,9 +138,10 @@ def fit(
         "cv": cv,
         "history": [h["history"] for h in histories],
         "resumed_at": [h.get("resumed_at", []) for h in histories],
-        "ray_train_storage": str(storage),
     }
     (out / CONFIG).write_text(json.dumps(config, indent=2, default=str))
+    for run in runs:  # Ray Train's checkpoints exist for resuming; the export is complete now
+        shutil.rmtree(run, ignore_errors=True)
     _log_run(job, f"{job.name}/{model_name}/seed{seed}", config)
     return out
 
@@ -158,7 +150,5 @@ def _log_run(job: Job, run_id: str, config: dict) -> None:
     """Per-epoch metrics into the store's ``runs`` table when the store has one."""
     from mer.store import open_store
 
-    store = open_store(job.store)
-    if hasattr(store, "log_run"):
-        metrics = {k: config[k] for k in ("model", "seed", "best_val_f1", "cv", "history", "read")}
-        store.log_run(run_id, job.to_yaml(), metrics)
+    metrics = {k: config[k] for k in ("model", "seed", "best_val_f1", "cv", "history", "read")}
+    open_store(job.store).log_run(run_id, job.to_yaml(), metrics)

@@ -3,14 +3,13 @@
 Read top to bottom: read the features, pick train/validation rows, build a
 :class:`mer.train.learner.Learner`, restore it from the last checkpoint if Ray
 restarted us, then train epoch by epoch, reporting a checkpoint at most every
-``checkpoint_every_s`` seconds and at the end. Everything that is not Ray
+``execution.checkpoint_every_s`` seconds and at the end. Everything that is not Ray
 (the model, epochs, early stopping, resumable state) lives in the learner.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mer.config import TrainConfig
+from mer.config import ExecutionConfig, TrainConfig
 from mer.train.data import read_plan
 from mer.train.learner import Learner, choose_rows, targets_of
 
@@ -43,6 +42,7 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
 
     cfg = TrainConfig(**config["train"])
+    execution = ExecutionConfig(**config["execution"])
     seed, fold, labels = config["seed"], config["fold"], config["labels"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -54,14 +54,13 @@ def train_loop(config: dict) -> None:
     rows = choose_rows(data, targets, cfg, seed, fold, config["extra"])
     read_seconds = time.perf_counter() - start
 
-    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    device = ray.train.torch.get_device() if execution.use_gpu else torch.device("cpu")
     learner = Learner(config["model"], data, rows, cfg, len(labels), seed, device)
     if learner.solvable:  # convex (linear): solved once, deterministic; a restart simply solves again
         _report(learner, {**learner.solve(), "read_seconds": read_seconds}, rank)
         return
 
     checkpoint = ray.train.get_checkpoint()
-    first_attempt = checkpoint is None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             learner.load(Path(folder))
@@ -72,17 +71,14 @@ def train_loop(config: dict) -> None:
 
     last_report = time.perf_counter()
     while not learner.done:
-        if first_attempt and learner.state["epoch"] + 1 == config.get("fail_at_epoch") and rank == 0:
-            time.sleep(5)  # let the controller collect the reports in flight, then die
-            os._exit(1)  # injected worker death (tests): Ray restarts from the last checkpoint
         metrics = learner.epoch(net, rank, world)
         metrics["read_seconds"] = read_seconds
-        if rank == 0:
+        if rank == 0 and execution.verbose:
             # to the real stdout: Ray Train's print patch would log the line twice
             print(f"[{config['tag']}] epoch {metrics['epoch'] + 1}/{cfg.epochs} loss {metrics['train_loss']:.4f} "
                   f"val_f1 {metrics['val_f1']:.4f} (best {learner.state['best_f1']:.4f}) "
                   f"{metrics['epoch_seconds']:.2f}s", file=sys.__stdout__, flush=True)
-        if learner.done or time.perf_counter() - last_report >= cfg.checkpoint_every_s:
+        if learner.done or time.perf_counter() - last_report >= execution.checkpoint_every_s:
             _report(learner, metrics, rank)
             last_report = time.perf_counter()
 

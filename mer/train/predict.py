@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mer.config import ExecutionConfig
 from mer.errors import MerError
 from mer.train.checkpoint import load_models
 from mer.train.data import make_plan, read_plan, resolve_table
@@ -40,8 +41,7 @@ def probabilities(checkpoints: list[str | Path], store_uri: str | None, split: s
             role: resolve_table(store, role, t["alias"], t["encoder_version"], t["seq_len"])
             for role, t in config["read"]["tables"].items()
         }
-        budget = config["train"]["memory_budget_gb"]
-        data = read_plan(make_plan(uri, tables, budget, None), split)
+        data = read_plan(make_plan(uri, tables, ExecutionConfig().memory_budget_gb, None), split)
         if ids is not None and not np.array_equal(ids, data.ids):
             raise MerError(f"{checkpoint}: reads different samples than the other checkpoints")
         ids = data.ids

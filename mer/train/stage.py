@@ -17,7 +17,7 @@ from mer.train.predict import predict, write_predictions
 SYSTEMS_FILE = "train.json"
 
 
-def run(job: Job) -> dict:
+def run(job: Job, echo=print) -> dict:
     """Fit (or reuse) one checkpoint per seed in the fit cache ``run_dir/checkpoints/``; write predictions.
 
     Writes ``run_dir/predictions_test.csv`` and ``run_dir/predictions_unlabeled.csv``

@@ -1,4 +1,4 @@
-"""Synthetic, class-separable features written into a real store (tests, benchmarks).
+"""Synthetic, class-separable features written into a real store (tests and ``benchmarks/train.py``).
 
 Each class has a random prototype per role; a sample's pooled vector is its
 class prototype plus Gaussian noise, and its ``seq`` steps scatter around the
@@ -37,8 +37,8 @@ def write_synthetic_features(
     Returns:
         role -> table name written.
     """
-    from mer.encoders import encoder_version
-    from mer.store import open_store, table_name
+    from mer.encoders import feature_ref
+    from mer.store import open_store
 
     rng = np.random.default_rng(seed)
     store = open_store(job.store)
@@ -69,7 +69,7 @@ def write_synthetic_features(
             steps = vector[:, None, :] + noise * rng.normal(size=(len(ids), spec.seq_len, dim)).astype(np.float32)
             lengths = rng.integers(1, spec.seq_len + 1, len(ids))
             rows["seq"], rows["seq_lengths"] = steps[keep], lengths[keep]
-        version = encoder_version(spec)
-        store.upsert(spec.alias, version, rows)
-        written[role] = table_name(spec.alias, version)
+        ref = feature_ref(role, spec)
+        store.upsert(ref.alias, ref.version, rows)
+        written[role] = ref.table
     return written

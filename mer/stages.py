@@ -1,0 +1,40 @@
+"""The stage registry: every stage name, the function that runs it, and whether it needs Ray.
+
+A stage is a function ``run(job, echo) -> dict``: it reads its inputs from the
+store or ``run_dir``, writes its outputs there, reports progress through
+``echo`` and returns a JSON-able summary. Only the runner
+(:func:`mer.pipeline.run_job`) starts or joins Ray, once, when a stage of the
+job needs it; no stage calls back into the runner. Importing this module
+imports no stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: ``target`` is ``module:function``; ``needs_ray`` makes the runner start Ray first."""
+
+    name: str
+    target: str
+    needs_ray: bool
+
+    def function(self):
+        """The stage function (imported on first use: stages import torch, Ray, lancedb)."""
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("validate", "mer.corpus.stage:run", needs_ray=False),
+    Stage("extract", "mer.extract.stage:run", needs_ray=True),
+    Stage("finetune", "mer.finetune.stage:run", needs_ray=True),
+    Stage("train", "mer.train.stage:run", needs_ray=True),
+    Stage("selftrain", "mer.selftrain.stage:run", needs_ray=True),
+    Stage("ablation", "mer.selftrain.ablation:run", needs_ray=True),
+    Stage("evaluate", "mer.report.stage:evaluate", needs_ray=False),
+    Stage("report", "mer.report.stage:report", needs_ray=False),
+)}
