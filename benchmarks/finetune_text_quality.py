@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
 
-    from mer.config import job_from_dict
+    from mer.config import job_from_dict, with_values
     from mer.extract.stage import run as extract
     from mer.finetune.stage import run as finetune_stage
     from mer.pipeline import ensure_ray
@@ -83,7 +83,8 @@ def main() -> None:
         f1_frozen = weighted_f1(frozen, seed, out / f"clf_frozen_s{seed}")
         tuned = job(seed)
         start = time.perf_counter()
-        summary = finetune_stage(tuned)  # points tuned.encoders.text.model at the export, re-extracts
+        summary = finetune_stage(tuned)  # exports, re-extracts, names the export in job_updates
+        tuned = with_values(tuned, summary["job_updates"])
         minutes = (time.perf_counter() - start) / 60
         f1_tuned = weighted_f1(tuned, seed, out / f"clf_tuned_s{seed}")
         rows.append({"seed": seed, "frozen_wf1": f1_frozen, "finetuned_wf1": f1_tuned,

@@ -253,8 +253,8 @@ class FinetuneConfig:
 
 
 @dataclass
-class ReportConfig:
-    """Experiment report: which ablation axes to run.
+class AblationConfig:
+    """The ``ablation`` stage (:mod:`mer.experiments.ablation`): which axes to run.
 
     Attributes:
         fusion_models: fusion models compared supervised-only.
@@ -337,7 +337,7 @@ class Job:
     train: TrainConfig = field(default_factory=TrainConfig)
     selftrain: SelftrainConfig = field(default_factory=SelftrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
@@ -400,6 +400,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
+            if cls is Job and key == "report":
+                raise ConfigError("'report' (the ablation axes) is now 'ablation'")
             if cls is TrainConfig and key in EXECUTION_KEYS:
                 raise ConfigError(f"'{full}' moved to 'execution.{key}' (how a fit runs, not part of the recipe)")
             raise ConfigError(f"unknown key '{full}' (known: {', '.join(sorted(names))})")
@@ -544,11 +546,11 @@ def is_uri(value: str) -> bool:
     return "://" in value
 
 
-def path_overrides(job: Job, base: Path) -> list[str]:
-    """``key=/abs/path`` overrides for the job's relative local paths.
+def absolute_paths(job: Job, base: Path) -> dict[str, str]:
+    """``{key: "/abs/path"}`` for the job's relative local paths (apply with :func:`with_values`).
 
     Outputs (store, run_dir, finetune.out) always become absolute; inputs
-    (manifest, truth, report.balanced_manifest / balanced_truth, encoder model folders) only
+    (manifest, truth, ablation.balanced_manifest / balanced_truth, encoder model folders) only
     when they exist under ``base`` (an encoder's ``model`` is otherwise a hub
     name such as ``facebook/hubert-large-ll60k``).
     """
@@ -556,8 +558,8 @@ def path_overrides(job: Job, base: Path) -> list[str]:
     inputs = {
         "manifest": job.manifest,
         "truth": job.truth,
-        "report.balanced_manifest": job.report.balanced_manifest,
-        "report.balanced_truth": job.report.balanced_truth,
+        "ablation.balanced_manifest": job.ablation.balanced_manifest,
+        "ablation.balanced_truth": job.ablation.balanced_truth,
         **{f"encoders.{role}.model": spec.model for role, spec in job.encoders.items()},
     }
     pairs = []
@@ -567,4 +569,4 @@ def path_overrides(job: Job, base: Path) -> list[str]:
     for key, value in inputs.items():
         if value and not is_uri(value) and not Path(value).is_absolute() and (base / value).exists():
             pairs.append((key, base / value))
-    return [f"{key}={path.resolve()}" for key, path in pairs]
+    return {key: str(path.resolve()) for key, path in pairs}

@@ -9,13 +9,12 @@ be rerun alone and a rerun skips finished work. The same code runs embedded
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
 from pathlib import Path
 
-from mer.config import Job, job_from_dict, path_overrides
+from mer.config import Job, absolute_paths, with_values
 from mer.stages import STAGES
 
 _RAY_START = threading.Lock()
@@ -50,7 +49,7 @@ def ensure_ray(attempts: int = 3, **init_kwargs) -> None:
 
 def absolute(job: Job) -> Job:
     """The job with its relative local paths made absolute (Ray workers run in other directories)."""
-    return job_from_dict(dataclasses.asdict(job), path_overrides(job, Path.cwd()))
+    return with_values(job, absolute_paths(job, Path.cwd()))
 
 
 def run_tune(job: Job, echo=print) -> dict:
@@ -80,6 +79,10 @@ def run_job(job: Job, echo=print) -> dict:
         echo(f"== stage {name}")
         start = time.perf_counter()
         summary = STAGES[name].function()(job, echo) or {}
+        updates = summary.get("job_updates")
+        if updates:  # e.g. finetune: the fine-tuned encoder for the stages after it
+            job = with_values(job, updates)
+            (run_dir / "config.yaml").write_text(job.to_yaml())
         summary["seconds"] = round(time.perf_counter() - start, 1)
         results[name] = summary
         echo(f"   {name} done in {summary['seconds']} s")

@@ -2,7 +2,9 @@
 
 A stage is a function ``run(job, echo) -> dict``: it reads its inputs from the
 store or ``run_dir``, writes its outputs there, reports progress through
-``echo`` and returns a JSON-able summary. Only the runner
+``echo`` and returns a JSON-able summary; a summary's ``job_updates``
+(dotted key -> value) change the job for the stages after it (fine-tuning
+names its exported model this way), so no stage edits the job. Only the runner
 (:func:`mer.pipeline.run_job`) starts or joins Ray, once, when a stage of the
 job needs it; no stage calls back into the runner. Importing this module
 imports no stage.
@@ -34,7 +36,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("finetune", "mer.finetune.stage:run", needs_ray=True),
     Stage("train", "mer.train.stage:run", needs_ray=True),
     Stage("selftrain", "mer.selftrain.stage:run", needs_ray=True),
-    Stage("ablation", "mer.selftrain.ablation:run", needs_ray=True),
+    Stage("ablation", "mer.experiments.ablation:run", needs_ray=True),
     Stage("evaluate", "mer.report.stage:evaluate", needs_ray=False),
     Stage("report", "mer.report.stage:report", needs_ray=False),
 )}

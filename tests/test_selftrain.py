@@ -218,13 +218,13 @@ def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):
 def test_ablation_cells_feed_the_report(job, fake_training, monkeypatch):
     """The ablation runner's orchestration with fake training and extraction."""
     from mer.report.report import build_report
-    from mer.selftrain import ablation
+    from mer.experiments import ablation
 
     extracted = []
     monkeypatch.setattr("mer.extract.stage.run", lambda j, echo=print: extracted.append(j.store) or {})
     monkeypatch.setattr(ablation, "corrupted_job", lambda j, name, snr: ablation.variant(j, name, store=f"{j.store}_{name}"))
     monkeypatch.setattr(ablation, "_empty_audio_table", lambda j, store: None)
-    job = job_from_dict({**_as_dict(job), "report": {"fusion_models": ["attention", "agt"], "thresholds": [0.9, 0.99], "snr_db": [10]}})
+    job = job_from_dict({**_as_dict(job), "ablation": {"fusion_models": ["attention", "agt"], "thresholds": [0.9, 0.99], "snr_db": [10]}})
     summary = ablation.run(job, echo=lambda _: None)
     assert summary["axes"] == {"fusion": 3, "voting": 4, "threshold": 2, "balance": 0, "corruption": 6}
     assert extracted == [f"{job.store}_snr10db", f"{job.store}_no_audio"]
@@ -251,7 +251,7 @@ def test_round_0_reuses_the_train_stage_fits(job, fake_training):
 
 
 def test_balanced_variants_score_pseudo_labels_against_their_own_truth(job, fake_training, monkeypatch, tmp_path):
-    from mer.selftrain import ablation
+    from mer.experiments import ablation
 
     monkeypatch.setattr("mer.extract.stage.run", lambda j, echo=print: {})
     monkeypatch.setattr(ablation, "corruption_cells", lambda j, fits, echo: [])
@@ -259,7 +259,7 @@ def test_balanced_variants_score_pseudo_labels_against_their_own_truth(job, fake
     pd.DataFrame({"sample_id": UNLABELED, "label": "neutral"}).to_csv(other, index=False)
     report = {"fusion_models": ["attention", "agt"], "thresholds": [], "balanced_manifest": job.manifest,
               "balanced_truth": str(other)}
-    ablation.run(job_from_dict({**_as_dict(job), "report": report}), echo=lambda _: None)
+    ablation.run(job_from_dict({**_as_dict(job), "ablation": report}), echo=lambda _: None)
     cells = {c["variant"]: c for c in json.loads((Path(job.run_dir) / "ablation.json").read_text())["axes"]["balance"]}
     assert cells["shifted: + prior-knowledge voting"]["pseudo_accuracy"] == [1.0]
     assert cells["balanced: + prior-knowledge voting"]["pseudo_accuracy"] == [0.0]

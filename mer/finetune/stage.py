@@ -1,16 +1,15 @@
 """The ``finetune`` stage: fine-tune, export, then re-extract the role as a new feature version.
 
-After the export, ``encoders.<role>.model`` of the running job points at the
-exported folder: its ``encoder_version`` differs (new path and weights), so the
-extract stage writes a new table and the stages after ``finetune`` in the same
-job (train, selftrain...) read the fine-tuned features.
+The stage does not edit the job: it returns ``job_updates``
+(``{"encoders.<role>.model": <export folder>}``), which the runner applies
+before the next stage. The new folder's ``encoder_version`` differs (new path
+and weights), so the stages after ``finetune`` in the same job (train,
+selftrain...) read the fine-tuned features from a new table.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from mer.config import Job
+from mer.config import Job, with_values
 from mer.finetune.launch import finetune
 
 
@@ -18,10 +17,9 @@ def run(job: Job, echo=print) -> dict:
     """Fine-tune ``job.finetune.role``; re-extract it unless ``finetune.reextract`` is false."""
     summary = finetune(job)
     role = job.finetune.role
-    job.encoders[role].model = summary["out"]
-    (Path(job.run_dir) / "config.yaml").write_text(job.to_yaml())
+    updates = {f"encoders.{role}.model": summary["out"]}
     if job.finetune.reextract:
         from mer.extract.stage import run as extract
 
-        summary["extract"] = extract(job, echo, roles=[role])
-    return summary
+        summary["extract"] = extract(with_values(job, updates), echo, roles=[role])
+    return {**summary, "job_updates": updates}

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mer.config import Job, is_uri, load_job, path_overrides
+from mer.config import Job, absolute_paths, is_uri, load_job
 from mer.errors import MerError
 
 # Never shipped: outputs, environments, data. Patterns are gitignore-style.
@@ -122,7 +122,7 @@ def build_submission(
             f"{job_file} is outside the working dir {root}: run mer submit from the project "
             "folder or pass --working-dir"
         )
-    extra = path_overrides(job, root)
+    extra = [f"{key}={value}" for key, value in absolute_paths(job, root).items()]
     args = [job_path.relative_to(root).as_posix(), *overrides, *extra]
     return Submission(
         job=load_job(job_file, [*overrides, *extra]),

@@ -8,23 +8,23 @@ are the base job with a few keys overridden; they run in
 (``run_dir/checkpoints``, see ``mer.train.cache``), so the supervised fits of
 round 0 are trained once for every voting / threshold variant.
 
-Axes (``report`` section of the job):
+Axes (``ablation`` section of the job):
 
-* ``fusion``: ``report.fusion_models`` (+ the audio-only model), supervised only.
+* ``fusion``: ``ablation.fusion_models`` (+ the audio-only model), supervised only.
 * ``voting``: supervised vote, + self-training with majority vote, + prior vote.
-* ``threshold``: prior-vote self-training at each ``report.thresholds``: labels
+* ``threshold``: prior-vote self-training at each ``ablation.thresholds``: labels
   added, their accuracy against ``truth``, test WAF.
-* ``balance``: the voting variants again on ``report.balanced_manifest`` (a corpus
+* ``balance``: the voting variants again on ``ablation.balanced_manifest`` (a corpus
   with a balanced test split, e.g. ``mer demo-data --balanced-test``), extracted
   into its own store ``<store>_balanced`` because demo sample ids repeat; its
-  hidden labels are ``report.balanced_truth``, never the main corpus' ``truth``.
+  hidden labels are ``ablation.balanced_truth``, never the main corpus' ``truth``.
 * ``corruption``: the supervised fusion models evaluated on the test split with
-  white noise at ``report.snr_db`` dB SNR and with the audio removed. The
+  white noise at ``ablation.snr_db`` dB SNR and with the audio removed. The
   corrupted test audio is written as WAV files beside a test-only manifest and
   extracted into its own store ``<store>_<condition>`` with the *same* encoder
   specs, so the feature tables have the same names and the trained checkpoints
   read them unchanged; "audio removed" extracts no audio role at all.
-* ``audio_encoder``: ``report.audio_encoders`` swapped in for ``encoders.audio``
+* ``audio_encoder``: ``ablation.audio_encoders`` swapped in for ``encoders.audio``
   (a new feature table each), supervised AGT and audio-only model.
 """
 
@@ -37,20 +37,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mer.config import EncoderSpec, Job, job_from_dict
+from mer.config import EncoderSpec, Job, with_values
 from mer.selftrain.rounds import run_rounds, score, seed_cell, split_truth
 from mer.train.cache import fit_many, fits_dir_of, predict_cached
 
 NOISE_SEED = 1234
 
 
-def variant(job: Job, name: str, **overrides) -> Job:
-    """The job with ``key=value`` overrides, running in ``run_dir/ablation/<name>``."""
-    data = dataclasses.asdict(job)
-    pairs = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    base = Path(job.run_dir)
-    out = job_from_dict(data, [*pairs, f"run_dir={json.dumps(str(base / 'ablation' / name))}"])
-    return out
+def variant(job: Job, name: str, **values) -> Job:
+    """The job with dotted keys replaced (``**{"selftrain.voting": "majority"}``), run in ``run_dir/ablation/<name>``."""
+    return with_values(job, {**values, "run_dir": str(Path(job.run_dir) / "ablation" / name)})
 
 
 def supervised_cells(job: Job, models: list[str], fits_dir: Path, store: str | None = None) -> dict[str, dict]:
@@ -130,15 +126,8 @@ def corrupted_job(job: Job, condition: str, snr_db: float | None) -> Job:
         test["audio"] = paths
     test.to_csv(out / "manifest.csv", index=False)
     roles = [r for r in job.encoders if snr_db is not None or r != "audio"]
-    return job_from_dict(
-        dataclasses.asdict(job),
-        [
-            f"manifest={json.dumps(str(out / 'manifest.csv'))}",
-            f"store={json.dumps(str(job.store).rstrip('/') + '_' + condition)}",
-            f"run_dir={json.dumps(str(out))}",
-            f"extract.roles={json.dumps(roles)}",
-        ],
-    )
+    return with_values(job, {"manifest": str(out / "manifest.csv"), "store": str(job.store).rstrip("/") + "_" + condition,
+                             "run_dir": str(out), "extract.roles": roles})
 
 
 def _empty_audio_table(job: Job, store_uri: str) -> None:
@@ -154,8 +143,8 @@ def corruption_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
     """Supervised AGT vs attention on clean, noisy and audio-less test features."""
     from mer.extract.stage import run as extract
 
-    models = [m for m in ("agt", "attention") if m in job.report.fusion_models] or job.report.fusion_models[:2]
-    conditions = [("clean", None)] + [(f"snr{s:g}db", s) for s in job.report.snr_db] + [("no_audio", None)]
+    models = [m for m in ("agt", "attention") if m in job.ablation.fusion_models] or job.ablation.fusion_models[:2]
+    conditions = [("clean", None)] + [(f"snr{s:g}db", s) for s in job.ablation.snr_db] + [("no_audio", None)]
     cells = []
     for name, snr in conditions:
         store = None
@@ -183,7 +172,7 @@ def encoder_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
     from mer.extract.stage import run as extract
 
     cells = []
-    for spec in [job.encoders.get("audio"), *job.report.audio_encoders]:
+    for spec in [job.encoders.get("audio"), *job.ablation.audio_encoders]:
         spec = spec if isinstance(spec, dict) else dataclasses.asdict(spec) if isinstance(spec, EncoderSpec) else {"alias": spec}
         label = spec_label(spec)
         var = variant(job, "audio_" + "".join(c if c.isalnum() else "_" for c in label).strip("_"),
@@ -199,7 +188,7 @@ def encoder_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
 def run(job: Job, echo=print) -> dict:
     """Train every ablation cell of ``job`` and write ``run_dir/ablation.json``."""
     fits_dir = fits_dir_of(job)
-    rep = job.report
+    rep = job.ablation
     axes: dict[str, list[dict]] = {}
     notes = []
 
@@ -230,7 +219,7 @@ def run(job: Job, echo=print) -> dict:
         balanced = [{"variant": f"balanced: supervised {base}", **supervised_cells(bal, [base], bal_fits)[base]}]
         axes["balance"] = shifted + balanced + voting_cells(bal, bal_fits, "balanced: ", echo)
     else:
-        notes.append("balance: set report.balanced_manifest (mer demo-data OUT --balanced-test) to run it")
+        notes.append("balance: set ablation.balanced_manifest (mer demo-data OUT --balanced-test) to run it")
 
     echo("   ablation: audio corruption")
     axes["corruption"] = corruption_cells(job, fits_dir, echo)
@@ -239,7 +228,7 @@ def run(job: Job, echo=print) -> dict:
         echo("   ablation: audio encoder swap")
         axes["audio_encoder"] = encoder_cells(job, fits_dir, echo)
     else:
-        notes.append("audio_encoder: list alternatives in report.audio_encoders to run it")
+        notes.append("audio_encoder: list alternatives in ablation.audio_encoders to run it")
 
     result = {"name": job.name, "seeds": list(job.train.seeds), "labels": job.labels, "axes": axes, "notes": notes}
     (Path(job.run_dir) / "ablation.json").write_text(json.dumps(result, indent=2, default=float))
