@@ -28,19 +28,18 @@ from generalization import ROOT, prepare  # noqa: E402
 #: Candidate recipes: name -> train.* values changed from the defaults of ``mer.config.TrainConfig``.
 CANDIDATES = {
     "defaults": {},
-    "feature noise 0.3": {"feature_noise": 0.3},
-    "noise 0.3 + modality dropout 0.2": {"feature_noise": 0.3, "modality_dropout": 0.2},
-    "noise 0.3 + smoothing 0.1 + batch 16 x 60 epochs": {"feature_noise": 0.3, "label_smoothing": 0.1,
-                                                         "batch_size": 16, "epochs": 60},
-    "noise 0.3 + hidden 64 + dropout 0.5 + wd 0.05": {"feature_noise": 0.3, "hidden": 64, "dropout": 0.5,
-                                                      "weight_decay": 0.05},
+    "linear skip": {"linear_skip": True},
+    "linear skip + feature noise 0.3": {"linear_skip": True, "feature_noise": 0.3},
+    "feature noise 0.3 + modality dropout 0.2": {"feature_noise": 0.3, "modality_dropout": 0.2},
+    "linear skip + noise 0.3 + modality dropout 0.2": {"linear_skip": True, "feature_noise": 0.3,
+                                                       "modality_dropout": 0.2},
 }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", nargs="+", default=["demo", "heldout103"])
-    parser.add_argument("--models", default="agt")
+    parser.add_argument("--models", default="agt", help="comma-separated; linear is scored once (no recipe keys)")
     parser.add_argument("--candidates", nargs="*", default=None, help="names from CANDIDATES (default: all)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
         job = load_job(ROOT / "jobs" / "quickstart.yaml", prepare(corpus, work))
         data = load_features(job, "train", streaming=False)
         for model in args.models.split(","):
-            for name in names:
+            for name in (names if model != "linear" else ["defaults"]):
                 cfg = dataclasses.replace(job.train, **CANDIDATES[name])
                 cv = [cross_validate(data, job.labels, cfg, model, seed, args.folds)[0]["weighted_f1"]
                       for seed in args.seeds]

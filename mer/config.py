@@ -90,7 +90,8 @@ class TrainConfig:
     Attributes mirror the model and optimiser knobs; ``model`` is built by name
     (``agt``, ``attention``, ``concat``, ``unimodal``, ``linear``). ``linear_c`` is
     the inverse L2 strength of the ``linear`` model's logistic regressions.
-    ``baseline`` (default ``linear``, null = none) is fitted beside ``model`` by the
+    ``linear_skip`` adds a linear late-fusion shortcut to AGT's logits (see
+    :mod:`mer.models.agt`). ``baseline`` (default ``linear``, null = none) is fitted beside ``model`` by the
     train stage with the same seeds, so every evaluation shows the floor.
     """
 
@@ -108,6 +109,7 @@ class TrainConfig:
     use_seq: bool = True
     unimodal_role: str = "audio"
     linear_c: float = 0.1
+    linear_skip: bool = False
     baseline: str | None = "linear"
     class_weighted: bool = True
     # Regularisers for small labeled sets (all chosen by cross-validation, see README):

@@ -159,3 +159,17 @@ def test_modality_dropout_never_hides_every_modality_of_a_sample():
     for r in DIMS:
         hidden = before[:, sorted(DIMS).index(r)] & ~out[r]["present"]
         assert (out[r]["vector"][hidden] == 0).all() and not out[r]["seq_mask"][hidden].any()
+
+
+def test_agt_linear_skip_adds_per_role_linear_logits_of_present_roles():
+    batch = make_batch(n=6, seed=2, absent={"text": [0, 1]})
+    model = build_model("agt", DIMS, 6, TrainConfig(hidden=16, heads=2, linear_skip=True)).eval()
+    agt = model.model
+    with torch.no_grad():
+        scaled = model.scale(batch)
+        expected = agt.head(agt.fusion(scaled)[0])
+        for role in DIMS:
+            expected += scaled[role]["present"].float()[:, None] * agt.skip[role](scaled[role]["vector"])
+        assert torch.allclose(model(batch), expected, atol=1e-6)
+    plain = build_model("agt", DIMS, 6, TrainConfig(hidden=16, heads=2))
+    assert plain.model.skip is None

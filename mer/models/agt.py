@@ -12,6 +12,12 @@ steps; streams are pooled by a masked mean over the audio steps; the audio
 stream joins the AMF sum; a sample without audio uses a learned "missing
 audio" query token and the audio stream is masked out of AMF, so the guided
 streams degrade to learned-query attention pooling of the other modalities.
+
+``train.linear_skip`` (our addition, off by default and chosen by
+cross-validation like every recipe key) adds a linear late-fusion shortcut:
+per present role a linear map of its standardised pooled vector is added to
+the classifier's logits, so the transformer only has to learn what a linear
+probe on the same features misses.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class AGT(nn.Module):
         hidden, heads, depth, dropout: transformer sizes.
         similarity: AMF similarity (``cosine`` or ``bilinear``).
         use_seq: attend over ``seq`` steps when the batch has them.
+        linear_skip: add per-role linear logits of the pooled vectors (see the module docstring).
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class AGT(nn.Module):
         dropout: float = 0.2,
         similarity: str = "cosine",
         use_seq: bool = True,
+        linear_skip: bool = False,
     ):
         super().__init__()
         if GUIDE_ROLE not in dims:
@@ -61,6 +69,7 @@ class AGT(nn.Module):
         self.cbt = nn.ModuleDict({r: CBT(hidden, heads, depth, dropout) for r in self.guided_roles})
         self.amf = AMF(hidden, similarity)
         self.head = classifier(hidden, num_classes, dropout)
+        self.skip = nn.ModuleDict({r: nn.Linear(d, num_classes) for r, d in dims.items()}) if linear_skip else None
 
     def _audio_query(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, mask = tokens(batch[GUIDE_ROLE], self.use_seq)
@@ -89,4 +98,19 @@ class AGT(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         fused, _ = self.fusion(batch)
-        return self.head(fused)
+        logits = self.head(fused)
+        if self.skip is not None:
+            for role, linear in self.skip.items():
+                present = batch[role]["present"].to(logits.dtype).unsqueeze(-1)
+                logits = logits + present * linear(batch[role]["vector"].float())
+        return logits
+
+    @torch.no_grad()
+    def modality_weights(self, batch: dict) -> dict[str, torch.Tensor]:
+        """AMF weight of each role per sample, role -> (B,): how much each modality counted.
+
+        The weights of a sample sum to 1; an absent modality has 0. Reported by
+        ``mer predict --run`` and ``mer serve`` beside the probabilities.
+        """
+        _, weights = self.fusion(batch)
+        return dict(zip([GUIDE_ROLE, *self.guided_roles], weights.unbind(1)))

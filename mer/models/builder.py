@@ -41,7 +41,7 @@ def _fusion_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> nn.
     if name == "agt":
         return AGT(
             dims, num_classes, hidden=cfg.hidden, heads=cfg.heads, depth=cfg.depth,
-            dropout=cfg.dropout, similarity=cfg.amf_similarity, use_seq=cfg.use_seq,
+            dropout=cfg.dropout, similarity=cfg.amf_similarity, use_seq=cfg.use_seq, linear_skip=cfg.linear_skip,
         )
     if name == "attention":
         return AttentionFusion(dims, num_classes, hidden=cfg.hidden, dropout=cfg.dropout)
