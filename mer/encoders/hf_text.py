@@ -1,8 +1,9 @@
 """``hf_text``: hidden states of a causal LM or text encoder, mean-pooled over tokens.
 
 Paper: Baichuan-13B (fine-tuned on the labeled set by ``mer.finetune``). Default
-weights ``baichuan-inc/Baichuan-13B-Base``, whose code lives on the hub: it
-loads only when the job sets ``trust_remote_code: true``.
+weights ``baichuan-inc/Baichuan-13B-Base``, loaded with mer's native classes
+(``mer.encoders.baichuan``): the hub's code never runs for a ``model_type: baichuan``
+config, whatever ``trust_remote_code`` says; other hub-code models still need it.
 
 Our choices where the paper is silent:
 * mean of ``layers`` hidden states (default last 4, as MERTools sums them),
@@ -31,10 +32,15 @@ class HFTextEncoder(Encoder):
         self.layers = list(spec.layers)
         self.model = self.tokenizer = None
 
+    def _remote_code(self) -> bool:
+        from mer.encoders.baichuan import remote_code
+
+        return remote_code(self.model_name, self.spec.trust_remote_code)
+
     def _config(self):
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.model_name, trust_remote_code=self.spec.trust_remote_code)
+        return AutoConfig.from_pretrained(self.model_name, trust_remote_code=self._remote_code())
 
     @property
     def dim(self) -> int:
@@ -44,16 +50,18 @@ class HFTextEncoder(Encoder):
         return row_text(row)
 
     def load(self) -> None:
-        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        from mer.encoders.baichuan import load_tokenizer
 
         quiet_transformers()
 
-        remote = self.spec.trust_remote_code
+        remote = self._remote_code()
         config = self._config()
-        # Hub-code models such as Baichuan register only AutoModelForCausalLM.
+        # Hub-code models often register only AutoModelForCausalLM (native Baichuan has AutoModel too).
         auto_map = getattr(config, "auto_map", None) or {}
         cls = AutoModelForCausalLM if auto_map and "AutoModel" not in auto_map else AutoModel
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, trust_remote_code=remote)
+        self.tokenizer = load_tokenizer(self.model_name, trust_remote_code=remote)
         if self.tokenizer.pad_token is None:  # causal LM tokenizers often have none
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.model = cls.from_pretrained(

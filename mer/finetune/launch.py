@@ -62,13 +62,14 @@ def check_lora_targets(model: str, trust_remote_code: bool, lora: dict) -> None:
     """Fail before launching when the LoRA targets do not resolve (model built on the meta device).
 
     Raises:
-        ConfigError: peft has no default targets for the architecture, or a named module is missing.
+        ConfigError: no default targets for the architecture (mer's or peft's), or a named module is missing.
     """
     import transformers
 
+    from mer.encoders.baichuan import remote_code
     from mer.finetune.model import add_lora, empty_model, lora_config
 
-    config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=remote_code(model, trust_remote_code))
     add_lora(empty_model(config), lora_config(**lora))
 
 

@@ -51,9 +51,9 @@ def _train_dtype(ds_config: dict) -> torch.dtype:
 
 def _text_batches(cfg: dict):
     """(dataset, collate): transcripts tokenized per batch with the model's tokenizer."""
-    from transformers import AutoTokenizer
+    from mer.encoders.baichuan import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg["model"], trust_remote_code=cfg["trust_remote_code"])
+    tokenizer = load_tokenizer(cfg["model"], trust_remote_code=cfg["trust_remote_code"])
     if tokenizer.pad_token is None:  # causal LMs ship without one; the mask hides it
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     examples = list(zip(cfg["inputs"], cfg["labels"]))

@@ -17,6 +17,7 @@ architecture and nothing downstream needs peft.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -39,12 +40,16 @@ def load_backbone(model: str, role: str, trust_remote_code: bool = False, dtype=
 
     Text: the whole causal LM (so the export is a drop-in for the original
     checkpoint) or an encoder (``AutoModel``); video: ``CLIPVisionModel``,
-    which also reads the vision tower out of a full CLIP checkpoint.
+    which also reads the vision tower out of a full CLIP checkpoint. A Baichuan
+    config loads mer's native classes, never the hub's code.
     """
     import transformers
 
+    from mer.encoders.baichuan import remote_code
+
     if role == "video":
         return transformers.CLIPVisionModel.from_pretrained(model, dtype=dtype)
+    trust_remote_code = remote_code(model, trust_remote_code)  # Baichuan: mer's native classes
     config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     cls = getattr(transformers, auto_class_name(config))
     return cls.from_pretrained(model, trust_remote_code=trust_remote_code, dtype=dtype)
@@ -59,8 +64,13 @@ def empty_model(config) -> nn.Module:
         return cls.from_config(config, trust_remote_code=getattr(config, "auto_map", None) is not None)
 
 
+#: LoRA targets for architectures peft has no default for, used when ``finetune.lora_target_modules``
+#: is null: Baichuan's fused q/k/v projection (adapting q and v alone is not possible there).
+DEFAULT_LORA_TARGETS = {"baichuan": ["W_pack"]}
+
+
 def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str] | None = None):
-    """peft ``LoraConfig`` of the ``finetune.lora_*`` keys (``target_modules`` None = peft's default)."""
+    """peft ``LoraConfig`` of the ``finetune.lora_*`` keys (``target_modules`` None = the architecture's default)."""
     from peft import LoraConfig
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
@@ -69,14 +79,19 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str] | 
 def add_lora(backbone: nn.Module, config) -> nn.Module:
     """Wrap ``backbone`` in a peft ``PeftModel``: only the LoRA matrices stay trainable.
 
+    Without named targets, ``DEFAULT_LORA_TARGETS`` of the model type, else peft's default.
+
     Raises:
-        ConfigError: peft has no default target modules for the architecture,
-            or the named modules are not in the model.
+        ConfigError: neither mer nor peft has default target modules for the
+            architecture, or the named modules are not in the model.
     """
     from peft import get_peft_model
 
     from mer.config import ConfigError
 
+    model_type = getattr(backbone.config, "model_type", None)
+    if config.target_modules is None and model_type in DEFAULT_LORA_TARGETS:
+        config = dataclasses.replace(config, target_modules=DEFAULT_LORA_TARGETS[model_type])
     targets = sorted(config.target_modules) if config.target_modules else None
     try:
         return get_peft_model(backbone, config)
@@ -211,8 +226,10 @@ def export_folder(
         full.save_pretrained(out)
         transformers.CLIPImageProcessorPil.from_pretrained(source).save_pretrained(out)
     else:
+        from mer.encoders.baichuan import load_tokenizer
+
         backbone.save_pretrained(out, state_dict=weights)
-        transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code).save_pretrained(out)
+        load_tokenizer(source, trust_remote_code=trust_remote_code).save_pretrained(out)
     save_file({k: v.contiguous() for k, v in head.items()}, str(out / HEAD_FILE))
     (out / META_FILE).write_text(json.dumps({"source": source, "role": role, **meta}, indent=2, default=str))
     return out

@@ -71,9 +71,15 @@ class Plan:
 
 
 def model_config(name: str, trust_remote_code: bool = False):
-    """A transformers config from a shipped name (``baichuan-13b``), a config.json, a folder or a hub name."""
+    """A transformers config from a shipped name (``baichuan-13b``), a config.json, a folder or a hub name.
+
+    ``model_type: baichuan`` builds mer's native config (its hub ``auto_map`` is ignored).
+    """
     from transformers import AutoConfig
 
+    from mer.encoders.baichuan import register, remote_code
+
+    register()
     shipped = CONFIG_DIR / f"{name.lower()}.json"
     path = shipped if shipped.is_file() else Path(name)
     if path.is_file():
@@ -84,7 +90,7 @@ def model_config(name: str, trust_remote_code: bool = False):
             raise MerError(f"{path}: config has no model_type")
         return AutoConfig.for_model(model_type, **data)
     try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(name, trust_remote_code=remote_code(name, trust_remote_code))
     except (OSError, ValueError) as exc:
         shipped_names = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("*.json")))
         raise MerError(
