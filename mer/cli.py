@@ -95,7 +95,8 @@ def corpus_validate(manifest, out, labels, no_media) -> None:
 @cli.command("run", context_settings={"ignore_unknown_options": True})
 @click.argument("job_file", type=click.Path())
 @click.argument("overrides", nargs=-1)
-def run(job_file, overrides) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Ray Train workers print a line per epoch.")
+def run(job_file, overrides, verbose) -> None:
     """Run a job's stages on embedded Ray (or the cluster this runs inside).
 
     \b
@@ -105,7 +106,7 @@ def run(job_file, overrides) -> None:
     from mer.config import load_job
     from mer.pipeline import run_job
 
-    job = load_job(job_file, overrides)
+    job = load_job(job_file, [*overrides, *(["execution.verbose=true"] if verbose else [])])
     run_job(job, echo=click.echo)
     click.echo(f"results in {job.run_dir}/ ; store at {job.store}")
     click.echo(f"next: mer query tables --store {job.store}")
@@ -253,23 +254,109 @@ def query_export(out, encoder, split, with_seq, store) -> None:
 
 
 @cli.command("predict")
-@click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(file_okay=False),
-              help="Checkpoint folder (config.json + safetensors); repeat to average several.")
-@click.option("--split", type=click.Choice(["test", "unlabeled", "train"]), default="test", show_default=True)
-@click.option("--store", default=None, help="Store URI (default: the one the checkpoint was trained on).")
-@click.option("--out", type=click.Path(dir_okay=False), default="predictions.csv", show_default=True)
-def predict_cmd(checkpoints, split, store, out) -> None:
-    """Predict a split from the store's features with a trained checkpoint.
+@click.argument("clips", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Trained run: predict CLIPS with its final predictor (self-training vote, else the seed ensemble).")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(file_okay=False),
+              help="Checkpoint folder (config.json + safetensors); repeat to average several. "
+                   "With CLIPS it replaces the run's.")
+@click.option("--split", type=click.Choice(["test", "unlabeled", "train"]), default=None,
+              help="Stored split to predict with --checkpoint.  [default: test]")
+@click.option("--text", "texts", multiple=True, help="Transcript of a clip: one per clip, in the order of CLIPS.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="Manifest of new clips to predict.")
+@click.option("--store", default=None,
+              help="--split: store to read (default: the checkpoint's). Clips: also write their features there.")
+@click.option("--out", default="predictions.csv", show_default=True, help="CSV to write; - writes to stdout.")
+def predict_cmd(clips, run_dir, checkpoints, split, texts, manifest, store, out) -> None:
+    """Predict new clips with a trained run, or a stored split with checkpoints.
+
+    Clips are decoded and encoded with the encoder versions the checkpoints
+    were trained on; a bad file is reported on stderr and the others are
+    predicted (exit code 2 only when nothing could be). With AGT the output
+    adds the modality weights w_audio, w_video, w_text.
 
     \b
     Example:
+      mer predict --run runs/quickstart clip.mp4 --text "I can't believe it" --out -
+      mer predict --run runs/quickstart --manifest new/manifest.csv --out new_preds.csv
       mer predict --checkpoint runs/quickstart/checkpoints/agt_s0_* --split test --out preds.csv
     """
+    if not (clips or manifest or run_dir):
+        _predict_stored(checkpoints, store, split or "test", out)
+        return
+    if split:
+        raise MerError("--split predicts stored features with --checkpoint; with --run give clip files or --manifest")
+    if not (clips or manifest):
+        raise MerError("--run: give clip files or --manifest to predict")
+    from mer.serve.predictor import load_predictor, predict_clips
+
+    frame, problems = predict_clips(load_predictor(run_dir, checkpoints), clips, texts, manifest, store)
+    for problem in problems:
+        click.echo(f"skipped {problem}", err=True)
+    if frame.empty:
+        raise MerError(f"nothing could be predicted ({len(problems)} bad input(s), see above)")
+    to_stdout = out == "-"
+    if to_stdout:
+        click.echo(frame.to_csv(index=False, float_format="%.6f"), nl=False)
+    else:
+        from mer.train.predict import write_predictions
+
+        click.echo(f"wrote {write_predictions(frame, out)} ({len(frame)} predicted, {len(problems)} skipped)")
+    hint = f"mer serve --run {run_dir}" if run_dir else f"mer evaluate {out} --truth <manifest.csv>"
+    click.echo(f"next: {hint}", err=to_stdout)
+
+
+def _predict_stored(checkpoints, store, split, out) -> None:
+    """``mer predict --checkpoint DIR --split S``: a split of the store's features."""
     from mer.train.predict import predict, write_predictions
 
+    if not checkpoints:
+        raise MerError("give --checkpoint DIR (a stored split) or --run RUN_DIR with clip files")
     path = write_predictions(predict(list(checkpoints), store, split), out)
     click.echo(f"wrote {path}")
     click.echo(f"next: mer evaluate {path} --truth <manifest.csv or truth.csv>")
+
+
+@cli.command("serve")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None, help="Trained run to serve.")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(file_okay=False),
+              help="Serve the seed ensemble of these checkpoint folders instead of the run's final predictor.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--replicas", default=1, show_default=True, help="Replicas, each with its own predictor.")
+@click.option("--gpus-per-replica", default=0.0, show_default=True, help="GPU share per replica (0 = CPU).")
+@click.option("--max-upload-mb", default=50.0, show_default=True, help="Largest uploaded clip.")
+@click.option("--max-seconds", default=60.0, show_default=True, help="Longest clip (media duration).")
+@click.option("--allowed-root", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Also accept JSON {\"paths\": [...]} naming files inside this folder.")
+@click.option("--max-batch-size", default=8, show_default=True, help="Requests predicted together (1 = no batching).")
+def serve_cmd(run_dir, checkpoints, host, port, replicas, gpus_per_replica, max_upload_mb, max_seconds,
+              allowed_root, max_batch_size) -> None:
+    """Serve a trained run over HTTP with Ray Serve until Ctrl-C.
+
+    POST /predict (multipart: file, optional text) answers label,
+    probabilities, modality weights, encoder versions and model id;
+    GET /health; GET /model. Bad input gets a 4xx JSON {"error": ...}.
+
+    \b
+    Example:
+      mer serve --run runs/quickstart --port 8000
+      curl -F file=@clip.mp4 -F text="I can't believe it" http://127.0.0.1:8000/predict
+    """
+    from mer.pipeline import ensure_ray
+    from mer.serve.app import ServeArgs, serve_until_interrupted, start
+    from mer.serve.predictor import load_predictor
+
+    # Load once here: a bad run or a changed encoder is a one-line error before Ray starts.
+    described = load_predictor(run_dir, checkpoints, device="cpu").describe()
+    ensure_ray()
+    args = ServeArgs(run_dir=run_dir, checkpoints=list(checkpoints), max_upload_mb=max_upload_mb,
+                     max_seconds=max_seconds, allowed_root=allowed_root, max_batch_size=max_batch_size,
+                     replicas=replicas, gpus_per_replica=gpus_per_replica)
+    url = start(args, host, port)
+    click.echo(f"serving {described['predictor']} {described['model_id']} at {url} (Ctrl-C stops)")
+    click.echo(f"next: curl -F file=@clip.mp4 -F text=\"...\" {url}/predict   |   curl {url}/model")
+    serve_until_interrupted()
 
 
 @cli.command("evaluate")
@@ -343,9 +430,9 @@ def submit_cmd(job_file, overrides, address, working_dir, follow, entrypoint_cpu
     Example:
       mer submit jobs/quickstart.yaml store=s3://bucket/mer --address http://HEAD:8265 --follow
     """
-    from mer.jobs import manage
-    from mer.jobs.client import resolve_address
-    from mer.jobs.submit import build_submission, is_local_address, submit
+    from mer.remote import manage
+    from mer.remote.client import resolve_address
+    from mer.remote.submit import build_submission, is_local_address, submit
 
     sub = build_submission(job_file, overrides, working_dir)
     url = resolve_address(address)
@@ -374,7 +461,7 @@ def submit_cmd(job_file, overrides, address, working_dir, follow, entrypoint_cpu
 @click.option("--address", default=None, help=_ADDRESS_HELP)
 def status_cmd(job_id, address) -> None:
     """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
-    from mer.jobs import manage
+    from mer.remote import manage
 
     state, message = manage.status(job_id, address)
     click.echo(f"{job_id}: {state}" + (f" ({message})" if message else ""))
@@ -387,7 +474,7 @@ def status_cmd(job_id, address) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Stream until the job ends; exit 1 if it fails or is stopped.")
 def logs_cmd(job_id, address, follow) -> None:
     """Print a submitted job's logs (the driver's stdout and stderr)."""
-    from mer.jobs import manage
+    from mer.remote import manage
 
     if follow:
         _exit_on_failure(job_id, manage.follow(job_id, address), address)
@@ -402,7 +489,7 @@ def logs_cmd(job_id, address, follow) -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the job to end.")
 def stop_cmd(job_id, address, timeout) -> None:
     """Stop a running job and wait until it has ended."""
-    from mer.jobs import manage
+    from mer.remote import manage
 
     click.echo(f"{job_id}: {manage.stop(job_id, address, timeout_s=timeout)}")
     click.echo(f"next: mer list{_addr_hint(address)}")
@@ -413,7 +500,7 @@ def stop_cmd(job_id, address, timeout) -> None:
 @click.option("--all", "include_all", is_flag=True, help="Include jobs not submitted by mer.")
 def list_cmd(address, include_all) -> None:
     """Table of mer jobs on the cluster: id, status, start time, job name."""
-    from mer.jobs import manage
+    from mer.remote import manage
 
     rows = manage.list_jobs(address, include_all=include_all)
     click.echo(manage.format_table(rows))

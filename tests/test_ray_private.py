@@ -13,7 +13,7 @@ def test_ray_train_worker_logger_is_where_mer_quiets_it():
 
 
 def test_ray_token_loader_answers_without_a_token(tmp_path, monkeypatch):
-    from mer.jobs.client import read_token
+    from mer.remote.client import read_token
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):

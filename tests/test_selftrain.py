@@ -189,9 +189,11 @@ def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):
             "run_dir": str(tmp_path / "run"),
             "truth": str(tmp_path / "demo" / "unlabeled_truth.csv"),
             "encoders": {"audio": {"alias": "logmel"}, "text": {"alias": "minilm"}},
-            "stages": ["validate", "extract", "selftrain", "report"],
-            "train": {"model": "agt", "epochs": 8, "seeds": [0], "patience": 8},
-            "selftrain": {"rounds": 1, "threshold": 0.2, "models": ["agt", "unimodal"], "min_new": 1},
+            "stages": ["validate", "extract", "train", "selftrain", "evaluate", "report"],
+            "train": {"model": "agt", "epochs": 8, "seeds": [0, 1], "patience": 8},
+            "selftrain": {"rounds": 1, "threshold": 0.2, "models": ["agt", "unimodal", "linear"], "min_new": 1,
+                          "voters": "cv"},
+            "execution": {"concurrent_fits": 2},
         }
     )
     results = run_job(job, echo=lambda _: None)
@@ -213,6 +215,19 @@ def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):
     for section in ("## Summary", "## Self-training rounds", "## Self-training vs supervised", "## Per-class results", "## Plots"):
         assert section in md
     assert (run_dir / "waf_per_round.png").exists() and (run_dir / "pseudo_labels_per_round.png").exists()
+    assert set(summary["rounds"][0]["models_cv"]) == {"agt", "unimodal", "linear"}  # linear votes like any model
+    assert "| linear |" in md  # the linear floor beside the model
+
+    # The same job on the same data, from a fresh store and run folder, fits running two at a time:
+    # byte-identical predictions and pseudo-labels.
+    again = job_from_dict({**_as_dict(job), "store": str(tmp_path / "store2"), "run_dir": str(tmp_path / "run2")})
+    run_job(again, echo=lambda _: None)
+    for name in ("predictions_test.csv", "predictions_test_supervised.csv", "predictions_unlabeled.csv",
+                 "predictions_test_linear.csv"):
+        assert (tmp_path / "run2" / name).read_bytes() == (run_dir / name).read_bytes(), name
+    first = open_store(job.store).read_pseudo_labels(summary["run_id"]).sort_values("sample_id")
+    second = open_store(again.store).read_pseudo_labels(run_id(again)).sort_values("sample_id")
+    assert first[["sample_id", "label", "votes"]].to_numpy().tolist() == second[["sample_id", "label", "votes"]].to_numpy().tolist()
 
 
 def test_ablation_cells_feed_the_report(job, fake_training, monkeypatch):

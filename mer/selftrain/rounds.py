@@ -38,9 +38,6 @@ from mer.errors import MerError
 from mer.selftrain.voting import average_seeds, prob_columns, vote
 from mer.train.cache import digest, fingerprint, fit_many, fits_dir_of, predict_cached
 
-FOCUS_CLASSES = ("worried", "sad")
-
-
 def run_id(job: Job) -> str:
     """Stable id of a self-training run: the job name plus a hash of what shapes its labels."""
     key = {**fingerprint(job), "selftrain": dataclasses.asdict(job.selftrain), "seeds": job.train.seeds,
@@ -138,12 +135,11 @@ def score(pred: pd.DataFrame, truth: pd.DataFrame | None, labels: list[str]) -> 
 
 
 def seed_cell(metrics: list[dict | None]) -> dict:
-    """Per-seed metric dicts -> lists the report shows as mean +- std."""
+    """Per-seed metric dicts -> lists the report shows as mean +- std: ``waf`` and ``f1_<class>`` per class."""
     ok = [m for m in metrics if m]
     cell = {"waf": [m["weighted_f1"] for m in ok]}
-    for c in FOCUS_CLASSES:
-        if ok and c in ok[0]["per_class"]:
-            cell[f"f1_{c}"] = [m["per_class"][c]["f1"] for m in ok]
+    for c in (ok[0]["per_class"] if ok else {}):
+        cell[f"f1_{c}"] = [m["per_class"][c]["f1"] for m in ok]
     return cell
 
 
@@ -183,6 +179,7 @@ def run_rounds(
 
     accepted = pd.DataFrame(columns=["sample_id", "label", "confidence", "votes", "round"])
     records, final_pred, stopped = [], None, "rounds"
+    trained_on = accepted  # the pseudo-labels of the last round run, which its models trained on
     for r in range(st.rounds + 1):
         rdir = run_root / f"round_{r}"
         done = rdir / "done.json"
@@ -201,6 +198,7 @@ def run_rounds(
         records.append(record)
         if on_round:
             on_round({**record, "run_id": rid})
+        trained_on = accepted
         if len(new):
             accepted = pd.concat([accepted, new.assign(round=r)], ignore_index=True)
         final_pred = rdir / "predictions_test.csv"
@@ -209,6 +207,7 @@ def run_rounds(
             break
 
     summary = _summarise(job, rid, records, stopped, seeds)
+    summary["final_checkpoints"] = _final_checkpoints(job, trained_on, fits_dir)
     _write_outputs(job, summary, final_pred, test_truth)
     store.log_run(rid, job.to_yaml(), {k: summary[k] for k in ("rounds", "stopped", "comparison")})
     return summary
@@ -267,11 +266,21 @@ def _one_round(job, r, rdir, accepted, fits_dir, test_truth, hidden, echo) -> tu
         if hidden is not None and len(new):
             joined = new.merge(hidden, on="sample_id", suffixes=("", "_true"))
             record["pseudo_accuracy"] = float((joined["label"] == joined["label_true"]).mean()) if len(joined) else None
-            for c in FOCUS_CLASSES:
+            for c in st.prior_classes:
                 sub = joined[joined["label"] == c]
                 record[f"pseudo_precision_{c}"] = float((sub["label_true"] == c).mean()) if len(sub) else None
     echo(f"   round {r}: test WAF {record['test_weighted_f1']}, added {record['added']} pseudo-labels")
     return record, new
+
+
+def _final_checkpoints(job: Job, trained_on: pd.DataFrame, fits_dir: Path) -> dict[str, list[str]]:
+    """The final round's checkpoint folders, model -> one per seed (``mer predict --run`` loads them).
+
+    Every one of these fits is in the cache by now, so this only looks the folders up.
+    """
+    extra = None if trained_on.empty else trained_on[["sample_id", "label"]]
+    fits = fit_many(job, [(m, s) for m in job.selftrain.models for s in job.train.seeds], extra, fits_dir)
+    return {m: [str(fits[(m, s)]) for s in job.train.seeds] for m in job.selftrain.models}
 
 
 def _ensure_stored(store, rid: str, r: int, labels: pd.DataFrame) -> None:

@@ -82,7 +82,7 @@ class Head:
     def client(self):
         from ray.job_submission import JobSubmissionClient
 
-        from mer.jobs.client import _explicit_address
+        from mer.remote.client import _explicit_address
 
         with _explicit_address():  # an ambient RAY_ADDRESS must not redirect the SDK
             return JobSubmissionClient(self.url, headers={"Authorization": f"Bearer {self.token}"})

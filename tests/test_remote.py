@@ -1,4 +1,4 @@
-"""Unit tests for mer/jobs: address, token, packaging, error mapping (no cluster)."""
+"""Unit tests for mer/remote: address, token, packaging, error mapping (no cluster)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from mer.errors import MerError
-from mer.jobs import client as jc
-from mer.jobs import manage
+from mer.remote import client as jc
+from mer.remote import manage
 from mer.config import absolute_paths
-from mer.jobs.submit import EXCLUDES, build_submission, is_local_address, runtime_env
+from mer.remote.submit import EXCLUDES, build_submission, is_local_address, runtime_env
 
 JOB_YAML = """\
 name: My Job!

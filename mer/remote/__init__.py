@@ -1,4 +1,4 @@
-"""Ray Jobs client: submit a job YAML to a cluster, then status, logs, stop, list.
+"""Talking to a remote Ray cluster (the Ray Jobs client): submit a job YAML to a cluster, then status, logs, stop, list.
 
 - ``client``: which cluster (``--address`` > ``RAY_ADDRESS``), the auth token,
   one-line errors.

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from mer.jobs.client import cluster_errors, connect, quiet_ray_logs
+from mer.remote.client import cluster_errors, connect, quiet_ray_logs
 
 FAILED_STATES = {"FAILED", "STOPPED"}
 

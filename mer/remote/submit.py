@@ -147,7 +147,7 @@ def submit(sub: Submission, address: str | None = None, entrypoint_num_cpus: flo
     Raises:
         ClusterError: no address, unreachable head, bad token, or the head refused the job.
     """
-    from mer.jobs.client import cluster_errors, connect, quiet_ray_logs
+    from mer.remote.client import cluster_errors, connect, quiet_ray_logs
 
     client, url = connect(address)
     with cluster_errors(url), quiet_ray_logs():
