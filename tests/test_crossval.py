@@ -75,3 +75,30 @@ def test_learner_resumes_from_its_saved_state_with_identical_weights(data, tmp_p
     assert resumed.state["resumed_at"] == [3] and resumed.state["best_epoch"] == whole.state["best_epoch"]
     for key, value in whole.best.items():
         assert np.array_equal(value.numpy(), resumed.best[key].numpy()), key
+
+
+def test_a_ray_train_controller_error_is_retried_under_the_same_run_name(monkeypatch, tmp_path):
+    """Ray Train restarts dead workers itself; a controller error is mer's to retry (the run resumes)."""
+    import ray.train
+
+    from mer.train import fit as fit_module
+
+    calls = []
+
+    class Trainer:
+        def __init__(self, name):
+            self.name = name
+
+        def fit(self):
+            calls.append(self.name)
+            if len(calls) == 1:
+                raise ray.train.ControllerError(RuntimeError("placement group was removed"))
+            return "result"
+
+    monkeypatch.setattr(fit_module, "_trainer", lambda job, cfg, storage, name, loop: Trainer(name))
+    job = job_from_dict({"name": "r", "manifest": "m.csv", "execution": {"max_failures": 1}})
+    assert fit_module.train_one(job, {}, tmp_path, "agt_s0_abc") == "result" and calls == ["agt_s0_abc"] * 2
+    calls.clear()
+    never = job_from_dict({"name": "r", "manifest": "m.csv", "execution": {"max_failures": 0}})
+    with pytest.raises(ray.train.ControllerError):
+        fit_module.train_one(never, {}, tmp_path, "agt_s0_abc")

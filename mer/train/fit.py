@@ -45,12 +45,32 @@ def _extra_dict(extra_labels: pd.DataFrame | None, labels: list[str]) -> dict[st
 
 
 def train_one(job: Job, loop_config: dict, storage: Path, name: str, worker_loop=None):
-    """One TorchTrainer run; returns the ``ray.train.Result``."""
+    """One TorchTrainer run; returns the ``ray.train.Result``.
+
+    A dead worker is Ray Train's to restart (``FailureConfig``). A *controller*
+    error is not, and on a saturated machine Ray Train 2.60 can raise one when
+    a worker's placement group is torn down under a pending call ("Destroying
+    worker since its placement group was removed"); the run is started again
+    up to ``execution.max_failures`` times under the same name, so it resumes
+    from its last checkpoint with the same final weights.
+    """
+    import ray.train
+
+    for attempt in range(job.execution.max_failures + 1):
+        try:
+            return _trainer(job, loop_config, storage, name, worker_loop).fit()
+        except ray.train.ControllerError:
+            if attempt == job.execution.max_failures:
+                raise
+            logging.getLogger(__name__).warning("Ray Train controller failed on %s; resuming it", name)
+
+
+def _trainer(job: Job, loop_config: dict, storage: Path, name: str, worker_loop):
     import ray.train
     from ray.train.torch import TorchTrainer
 
     cfg = job.execution
-    trainer = TorchTrainer(
+    return TorchTrainer(
         worker_loop or train_loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
@@ -62,7 +82,6 @@ def train_one(job: Job, loop_config: dict, storage: Path, name: str, worker_loop
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    return trainer.fit()
 
 
 def fit(
