@@ -357,6 +357,7 @@ def serve_cmd(run_dir, checkpoints, host, port, replicas, gpus_per_replica, max_
     click.echo(f"serving {described['predictor']} {described['model_id']} at {url} (Ctrl-C stops)")
     click.echo(f"next: curl -F file=@clip.mp4 -F text=\"...\" {url}/predict   |   curl {url}/model")
     serve_until_interrupted()
+    click.echo("stopped")
 
 
 @cli.command("evaluate")

@@ -1,0 +1,272 @@
+"""A trained run as one object: its encoders and models loaded once, predicting new clips.
+
+``Predictor.from_run(run_dir)`` loads the run's final predictor
+(:mod:`mer.serve.final`) and the encoders its checkpoints were trained on,
+refusing to start when an encoder here is not the version the checkpoints
+recorded (changed weights or settings would feed the models features they
+never saw). ``predict_rows(rows)`` decodes and encodes the rows with the same
+code as extraction, builds the model input the stored pipeline builds
+(:mod:`mer.serve.features`) and predicts with the same function
+(``mer.train.learner.predict_proba``), so a clip gets the probabilities it gets
+from the store. ``mer predict --run`` and ``mer serve`` both call it. No Ray here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mer.config import ROLES, EncoderSpec
+from mer.encoders import Encoder, build_encoder
+from mer.errors import MerError
+from mer.selftrain.voting import prob_columns
+from mer.serve.clips import check_row, file_rows, manifest_rows
+from mer.serve.features import clip_data, encode_rows, store_rows
+from mer.serve.final import ENSEMBLE, VOTE, FinalPredictor, final_predictor, vote
+from mer.train.checkpoint import load_models
+from mer.train.data import MultiModalData, RoleTable
+from mer.train.learner import predict_proba, to_device
+
+BATCH = 256
+
+
+@dataclass
+class Member:
+    """One checkpoint of the predictor: its folder, config, role tables and models (one per fold)."""
+
+    model: str
+    path: Path
+    config: dict
+    tables: dict[str, RoleTable]
+    models: list[nn.Module]
+
+
+def _device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_member(model: str, path: Path, device: str) -> Member:
+    config, models = load_models(path)
+    try:
+        tables = {role: RoleTable(**t) for role, t in config["read"]["tables"].items()}
+    except (KeyError, TypeError) as exc:
+        raise MerError(f"{path}: config.json does not record the store tables it read ({exc})") from None
+    return Member(model, Path(path), config, tables, [m.to(device) for m in models])
+
+
+def _encoders(members: list[Member], device: str) -> dict[str, Encoder]:
+    """One encoder per role, checked against the version every checkpoint recorded.
+
+    Raises:
+        MerError: a checkpoint records no encoder for a role, checkpoints
+            disagree, or the encoder here computes another version.
+    """
+    encoders: dict[str, Encoder] = {}
+    for member in members:
+        for role, table in member.tables.items():
+            spec = member.config.get("encoders", {}).get(role)
+            if not spec or not table.encoder_version:
+                raise MerError(f"{member.path}: config.json records no encoder version for role '{role}'")
+            if role not in encoders:
+                try:
+                    encoders[role] = build_encoder(EncoderSpec(**spec), device)
+                except TypeError as exc:  # a spec written by another mer version
+                    raise MerError(f"{member.path}: the {role} encoder spec is not one this mer reads ({exc})") from None
+            encoder = encoders[role]
+            if encoder.version != table.encoder_version or encoder.alias != table.alias:
+                raise MerError(
+                    f"{member.path}: trained on {role} encoder {table.alias}@{table.encoder_version[:8]}, "
+                    f"but {encoder.alias} here is version {encoder.version[:8]} (weights or settings changed): "
+                    "restore them, or re-extract and retrain"
+                )
+    return {role: encoders[role] for role in ROLES if role in encoders}
+
+
+def amf_weights(model: nn.Module, data: MultiModalData, batch_size: int = BATCH) -> dict[str, np.ndarray]:
+    """AMF modality weights of an AGT checkpoint's model (behind its standardiser), role -> (N,); N >= 1."""
+    device = next(model.parameters()).device
+    parts = []
+    for start in range(0, len(data), batch_size):
+        batch = to_device(data.batch(np.arange(start, min(start + batch_size, len(data)))), device)
+        parts.append({r: w.cpu().numpy() for r, w in model.model.modality_weights(model.scale(batch)).items()})
+    return {role: np.concatenate([p[role] for p in parts]) for role in parts[0]}
+
+
+class Predictor:
+    """Encoders plus the models of a final predictor, loaded once.
+
+    Args:
+        final: the checkpoints and how they combine (:mod:`mer.serve.final`).
+        run_dir: the run folder they come from (for the model id), if any.
+        device: ``cpu`` or ``cuda`` (default: cuda when there is one).
+
+    Attributes:
+        labels: the label set, in probability-column order.
+        encoders: role -> loaded encoder (the versions the checkpoints recorded).
+        members: every checkpoint, grouped by model name.
+    """
+
+    def __init__(self, final: FinalPredictor, run_dir: str | Path | None = None, device: str | None = None):
+        device = _device(device)
+        self.final = final
+        self.run_dir = None if run_dir is None else str(Path(run_dir).absolute())
+        self.members = [_load_member(model, path, device)
+                        for model, paths in final.checkpoints.items() for path in paths]
+        if not self.members:
+            raise MerError(f"{run_dir or 'predictor'}: no checkpoint to predict with")
+        labels = {tuple(m.config["labels"]) for m in self.members}
+        if len(labels) > 1:
+            raise MerError("the checkpoints have different label sets: predict them separately")
+        self.labels = list(labels.pop())
+        self.encoders = _encoders(self.members, device)
+        for encoder in self.encoders.values():
+            encoder.ensure_loaded()
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
+        """The run's final predictor: the self-training vote, else the train stage's seed ensemble."""
+        return cls(final_predictor(run_dir), run_dir, device)
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: list[str | Path], device: str | None = None) -> Predictor:
+        """A seed ensemble of the given checkpoint folders (mean probability over every model)."""
+        return cls(FinalPredictor(ENSEMBLE, {"--checkpoint": [Path(c) for c in checkpoints]}), None, device)
+
+    @property
+    def weight_roles(self) -> list[str]:
+        """Roles with an AMF weight column (the AGT checkpoints' roles); empty without AGT."""
+        agt = {r for m in self.members if m.config["model"] == "agt" for r in m.tables}
+        return [r for r in ROLES if r in agt]
+
+    @property
+    def model_id(self) -> str:
+        """``<run dir>:<checkpoint folder names>`` (or the folders alone without a run)."""
+        keys = ",".join(m.path.name for m in self.members)
+        return f"{self.run_dir}:{keys}" if self.run_dir else keys
+
+    def describe(self) -> dict:
+        """Run, predictor kind, checkpoints, labels and encoders with their versions (``GET /model``)."""
+        return {
+            "run": self.run_dir,
+            "predictor": self.final.kind,
+            "model_id": self.model_id,
+            "checkpoints": {m.path.name: {"model": m.config["model"], "seed": m.config.get("seed")}
+                            for m in self.members},
+            "labels": self.labels,
+            "encoders": {r: {"alias": e.alias, "version": e.version, "dim": e.dim} for r, e in self.encoders.items()},
+        }
+
+    def versions(self) -> dict[str, str]:
+        """Role -> encoder version used."""
+        return {role: e.version for role, e in self.encoders.items()}
+
+    def predict_rows(self, rows: list[dict], store: str | None = None) -> pd.DataFrame:
+        """Predict manifest-style rows (``sample_id``, ``video``/``audio`` paths, ``text``).
+
+        Rows without ``has_<role>`` flags are checked first
+        (:func:`mer.serve.clips.check_row`). A row that cannot be used gets
+        its one-line problem in ``error`` and no probabilities; the others are
+        predicted all the same.
+
+        Args:
+            rows: the rows, in output order.
+            store: when given, upsert the new rows' features there (ids already
+                stored are left alone).
+
+        Returns:
+            ``sample_id,label,p_<label>...``, ``w_<role>`` (AMF weights averaged
+            over the AGT models, when there are any) and ``error`` ("" when
+            predicted), one row per input row.
+        """
+        errors: dict[int, str] = {}
+        checked = []
+        for i, row in enumerate(rows):
+            try:
+                checked.append(row if "has_audio" in row else check_row(row))
+            except MerError as exc:
+                errors[i] = str(exc)
+                checked.append(row)
+        # a row that failed its check has no has_<role> flag, so no encoder touches it
+        features, failed = encode_rows(self.encoders, checked)
+        errors.update(failed)
+        good = [i for i in range(len(rows)) if i not in errors]
+        kept = {role: [f[i] for i in good] for role, f in features.items()}
+        if store and good:
+            store_rows(store, self.encoders, [checked[i] for i in good], kept)
+        columns = ["label", *prob_columns(self.labels), *(f"w_{r}" for r in self.weight_roles)]
+        frame = self._predict(len(good), kept) if good else pd.DataFrame(columns=columns)
+        out = pd.DataFrame({"sample_id": [str(r.get("sample_id", "")) for r in rows]})
+        out = out.join(frame[columns].set_index(pd.Index(good)))
+        out["error"] = [errors.get(i, "") for i in range(len(rows))]
+        return out
+
+    def _predict(self, n: int, features: dict[str, list]) -> pd.DataFrame:
+        """Label, probabilities and AMF weights of ``n`` (>= 1) usable rows, in their order."""
+        ids = [str(i) for i in range(n)]  # positional: uploads may share a file name
+        index = np.arange(n)
+        groups: dict[str, list[tuple[Path, int, np.ndarray]]] = {}
+        every_model, weights = [], []
+        for member in self.members:
+            data = clip_data(ids, features, member.tables)
+            probs = [predict_proba(model, data, index, BATCH) for model in member.models]
+            every_model += probs
+            groups.setdefault(member.model, []).append((member.path, member.config.get("seed"), np.mean(probs, 0)))
+            if member.config["model"] == "agt":
+                weights += [amf_weights(model, data) for model in member.models]
+        if self.final.kind == VOTE:
+            frame = vote(self.final.job, ids, groups)
+        else:
+            mean = np.mean(every_model, 0)
+            frame = pd.DataFrame(mean, columns=prob_columns(self.labels))
+            frame["label"] = np.asarray(self.labels, object)[mean.argmax(1)]
+        for role in self.weight_roles:
+            frame[f"w_{role}"] = np.mean([w[role] for w in weights], 0)
+        return frame.reset_index(drop=True)
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """Predicted rows as JSON-able dicts: label, probabilities and modality weights per sample."""
+    out = []
+    for row in frame.to_dict("records"):
+        probs = {c[2:]: float(v) for c, v in row.items() if c.startswith("p_")}
+        weights = {c[2:]: float(v) for c, v in row.items() if c.startswith("w_")}
+        out.append({"sample_id": row["sample_id"], "label": row["label"], "probabilities": probs,
+                    "modality_weights": weights or None})
+    return out
+
+
+def load_predictor(run_dir: str | Path | None, checkpoints: list[str] | tuple[str, ...] = (),
+                   device: str | None = None) -> Predictor:
+    """``checkpoints``' seed ensemble when given, else the run's final predictor.
+
+    Raises:
+        MerError: neither is given.
+    """
+    if checkpoints:
+        return Predictor.from_checkpoints(list(checkpoints), device)
+    if not run_dir:
+        raise MerError("give --run RUN_DIR (the run's final predictor) or --checkpoint DIR")
+    return Predictor.from_run(run_dir, device)
+
+
+def predict_clips(predictor: Predictor, clips: list[str], texts: list[str], manifest: str | None = None,
+                  store: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """``mer predict --run``: clip files and/or a manifest's rows, predicted.
+
+    Returns:
+        ``(predictions, problems)``: the predicted rows (``sample_id,label,p_<label>...``
+        plus ``w_<role>``), and one line per file or row that could not be used.
+    """
+    rows, problems = file_rows(list(clips), list(texts))
+    if manifest:
+        more, bad = manifest_rows(manifest, predictor.labels)
+        rows, problems = rows + more, problems + bad
+    frame = predictor.predict_rows(rows, store=store)
+    failed = frame["error"] != ""
+    problems += frame.loc[failed, "error"].tolist()
+    return frame[~failed].drop(columns="error").reset_index(drop=True), problems
