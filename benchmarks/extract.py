@@ -159,7 +159,7 @@ def main() -> None:
 
     from mer.config import EncoderSpec
     from mer.corpus.demo import make_demo_corpus
-    from mer.pipeline import ensure_ray
+    from mer.runner import ensure_ray
 
     work = Path(tempfile.mkdtemp(prefix="mer_bench_"))
     corpus = work / "corpus"

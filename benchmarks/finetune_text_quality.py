@@ -57,7 +57,7 @@ def main() -> None:
     from mer.config import job_from_dict, with_values
     from mer.extract.stage import run as extract
     from mer.finetune.stage import run as finetune_stage
-    from mer.pipeline import ensure_ray
+    from mer.runner import ensure_ray
 
     out = Path(args.out).resolve()
     manifest = write_text_manifest(out / "corpus")

@@ -37,7 +37,7 @@ import requests
 
 from mer.config import job_from_dict, load_job
 from mer.corpus.demo import make_demo_corpus
-from mer.pipeline import ensure_ray, run_job
+from mer.runner import ensure_ray, run_job
 from mer.serve.final import ENSEMBLE, final_predictor
 
 LEVELS = (1, 4, 16)

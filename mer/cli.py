@@ -104,7 +104,7 @@ def run(job_file, overrides, verbose) -> None:
       mer run jobs/quickstart.yaml train.epochs=5 store=/data/mer_store
     """
     from mer.config import load_job
-    from mer.pipeline import run_job
+    from mer.runner import run_job
 
     job = load_job(job_file, [*overrides, *(["execution.verbose=true"] if verbose else [])])
     run_job(job, echo=click.echo)
@@ -126,7 +126,7 @@ def tune(job_file, overrides) -> None:
       mer tune jobs/tune.yaml tune.num_samples=30 tune.scheduler=asha
     """
     from mer.config import load_job
-    from mer.pipeline import run_tune
+    from mer.runner import run_tune
 
     job = load_job(job_file, overrides)
     summary = run_tune(job, echo=click.echo)
@@ -343,7 +343,7 @@ def serve_cmd(run_dir, checkpoints, host, port, replicas, gpus_per_replica, max_
       mer serve --run runs/quickstart --port 8000
       curl -F file=@clip.mp4 -F text="I can't believe it" http://127.0.0.1:8000/predict
     """
-    from mer.pipeline import ensure_ray
+    from mer.runner import ensure_ray
     from mer.serve.app import ServeArgs, serve_until_interrupted, start
     from mer.serve.predictor import load_predictor
 

@@ -5,7 +5,7 @@ store or ``run_dir``, writes its outputs there, reports progress through
 ``echo`` and returns a JSON-able summary; a summary's ``job_updates``
 (dotted key -> value) change the job for the stages after it (fine-tuning
 names its exported model this way), so no stage edits the job. Only the runner
-(:func:`mer.pipeline.run_job`) starts or joins Ray, once, when a stage of the
+(:func:`mer.runner.run_job`) starts or joins Ray, once, when a stage of the
 job needs it; no stage calls back into the runner. Importing this module
 imports no stage.
 """

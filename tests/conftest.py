@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mer.pipeline import ensure_ray
+from mer.runner import ensure_ray
 
 HERE = Path(__file__).parent
 
@@ -15,7 +15,7 @@ def ray_local():
     """Local Ray with 2 CPUs and 2 fake GPUs (``num_gpus=1`` actors get CUDA_VISIBLE_DEVICES 0 and 1).
 
     Workers can import ``tests/extract_plugins.py`` (test encoders); start-up
-    is retried (:func:`mer.pipeline.ensure_ray`).
+    is retried (:func:`mer.runner.ensure_ray`).
     """
     import ray
 

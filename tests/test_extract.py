@@ -189,7 +189,7 @@ def test_a_plugin_encoder_extracts_and_trains_end_to_end(ray_local, corpus, tmp_
     """``alias: module:Class`` is stored under the class's own alias, and the train stage finds that table."""
     from mer.config import job_from_dict
     from mer.encoders import feature_ref
-    from mer.pipeline import run_job
+    from mer.runner import run_job
 
     job = job_from_dict({
         "name": "plugin", "manifest": str(corpus), "store": str(tmp_path / "store"), "run_dir": str(tmp_path / "run"),

@@ -178,7 +178,7 @@ def test_test_vote_uses_the_pseudo_label_threshold_by_default():
 def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):
     """Round 0 (supervised) labels the unlabeled split, round 1 retrains on those labels."""
     from mer.corpus.demo import make_demo_corpus
-    from mer.pipeline import run_job
+    from mer.runner import run_job
 
     manifest = make_demo_corpus(tmp_path / "demo", n_train=60, n_unlabeled=40, n_test=30, seed=3, workers=1)
     job = job_from_dict(

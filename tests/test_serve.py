@@ -35,7 +35,7 @@ TOL = 1e-5
 def run(tmp_path_factory, ray_local):
     """A trained run (train stage only: the final predictor is the seed ensemble) and its corpus."""
     from mer.corpus.demo import make_demo_corpus
-    from mer.pipeline import run_job
+    from mer.runner import run_job
 
     root = tmp_path_factory.mktemp("serve")
     manifest = make_demo_corpus(root / "demo", n_train=30, n_unlabeled=0, n_test=10, seed=3, workers=1)
