@@ -73,7 +73,9 @@ def run_job(job: Job, echo=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(job.to_yaml())
     if any(STAGES[name].needs_ray for name in job.stages):
-        ensure_ray()
+        # Workers' own console lines (Ray core warnings, epoch lines) reach the
+        # console only with -v; they stay in Ray's session logs either way.
+        ensure_ray(log_to_driver=job.execution.verbose)
     results = {}
     for name in job.stages:
         echo(f"== stage {name}")
