@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from io import StringIO
@@ -395,3 +396,23 @@ def test_http_predictions_errors_paths_and_concurrency(run, stored, server, caps
         replies = list(pool.map(lambda _: upload(), range(16)))
     for reply in replies:
         np.testing.assert_allclose(probs_of(reply), served, atol=TOL)
+
+    # A replica that dies is replaced by Serve: requests meanwhile get an answer (an error, not a hang),
+    # then predictions come back unchanged.
+    import ray
+
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if "SERVE_REPLICA" in a["name"] and "MerPredictor" in a["name"]]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    deadline, recovered = time.monotonic() + 240, None
+    while time.monotonic() < deadline:
+        reply = upload()  # bounded by its own 120 s timeout: a hang fails the test
+        assert reply.status_code in (200, 500, 502, 503), reply.text
+        if reply.status_code == 200:
+            recovered = reply
+            break
+        time.sleep(2)
+    assert recovered is not None
+    np.testing.assert_allclose(probs_of(recovered), served, atol=TOL)
+    alive = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "MerPredictor" in a["name"]]
+    assert alive and name not in alive
