@@ -16,13 +16,24 @@ of width 384: model-bound like the real one, smaller) over real demo mp4 audio;
 demo corpus under distinct sample ids (decode cost is real; rendering 2,000
 clips is not what is measured).
 
+With ``--sim-gpu`` it measures the GPU path instead, on 2 fake GPUs
+(``ray.init(num_gpus=2)``, ``num_gpus=1`` actors): the ``sim_gpu`` test encoder
+(``tests/extract_plugins.py``) decodes real clips and sleeps per batch and per
+sample in place of the forward pass, so the CPU stays free like beside a GPU.
+It prints mer vs the MERTools-style loop, mer vs the ideal
+``max(decode CPU s / cores, accelerator s / GPUs)``, 2 GPUs vs 1 and each
+GPU's busy fraction, and names the resource that ran out.
+
 Run: .venv/bin/python benchmarks/extract.py [--quick] [--encoders hf_audio,minilm]
+     .venv/bin/python benchmarks/extract.py --sim-gpu [--n 240] [--sim-sample-ms 100] [--sim-batch-ms 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -143,6 +154,92 @@ def mer_run(spec, rows: pd.DataFrame, store: str, actors: int) -> tuple[float, d
     return seconds, summary, mem.peak
 
 
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+SIM_GPU = "extract_plugins:SimGpuEncoder"
+SIM_BATCH = 8
+
+
+def sim_spec(batch_ms: float, sample_ms: float):
+    """The ``sim_gpu`` encoder spec with these simulated kernel times."""
+    from mer.config import EncoderSpec
+
+    return EncoderSpec(alias=SIM_GPU, model=f"{batch_ms:g}:{sample_ms:g}", batch_size=SIM_BATCH, seq_len=0)
+
+
+def gpu_busy(store: str, alias: str) -> tuple[dict[int, float], float]:
+    """Simulated forward seconds per fake GPU, and seconds from the first forward's start to the last one's end.
+
+    Each sample of a batch carries its batch's ``[gpu, start, seconds, size]``;
+    unique rows are the forward passes. The span is the run after start-up
+    (actors started, first clips decoded) as the accelerators saw it.
+    """
+    from mer.store import open_store
+
+    passes = np.unique(open_store(store).read(alias).vector[:, :3], axis=0).astype(np.float64)
+    busy = {int(g): float(passes[passes[:, 0] == g, 2].sum()) for g in np.unique(passes[:, 0])}
+    return busy, float((passes[:, 1] + passes[:, 2]).max() - passes[:, 1].min())
+
+
+def decode_slots(gpus: int) -> int:
+    """Decode tasks Ray runs at once beside ``gpus`` encoder actors, given the CPUs ``plan_resources`` reserves."""
+    import ray
+
+    from mer.config import ExtractConfig
+    from mer.extract.pipeline import plan_resources
+
+    plan = plan_resources(ExtractConfig(num_actors=gpus))
+    free = ray.cluster_resources()["CPU"] - plan.actors * plan.actor_cpus
+    return max(1, math.floor(free / plan.decode_cpus))
+
+
+def sim_gpu_main(args) -> None:
+    """``--sim-gpu``: the GPU path on 2 fake GPUs; see the module docstring."""
+    import ray
+
+    from mer.corpus.demo import make_demo_corpus
+    from mer.runner import ensure_ray
+
+    # This process and the Ray workers import the test encoder from tests/.
+    sys.path.insert(0, str(TESTS))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    from extract_plugins import SimGpuEncoder
+
+    n, cores = args.n or 240, os.cpu_count()
+    work = Path(tempfile.mkdtemp(prefix="mer_bench_sim_"))
+    make_demo_corpus(work / "corpus", n_train=24, n_unlabeled=8, n_test=8, seed=0)
+    rows = make_rows(work / "corpus", n)
+    ensure_ray(num_cpus=cores, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    spec = sim_spec(args.sim_batch_ms, args.sim_sample_ms)
+    sim = SimGpuEncoder(spec)
+    accel = sum(sim.forward_seconds(min(SIM_BATCH, n - i)) for i in range(0, n, SIM_BATCH))
+    mert, decode = mertools_loop(spec, rows, work / "npy")
+    runs = {g: mer_run(spec, rows, str(work / f"store_{g}"), actors=g) for g in (1, 2)}
+    print(f"machine: {cores} CPUs (load average {os.getloadavg()[0]:.1f}), {int(ray.cluster_resources()['GPU'])} fake "
+          f"GPUs; {n} clips, batch {SIM_BATCH}, accelerator {args.sim_batch_ms:g} ms/batch "
+          f"+ {args.sim_sample_ms:g} ms/sample")
+    print(f"  decode CPU seconds {decode:.1f} ({1000 * decode / n:.0f} ms/clip); accelerator seconds {accel:.1f}")
+    print(f"  MERTools-style loop (decode, forward, save per clip): {mert:6.1f} s")
+    spans = {}
+    for g, (sec, summary, _) in runs.items():
+        slots = decode_slots(g)
+        ideal = max(decode / cores, accel / g)
+        busy, spans[g] = gpu_busy(str(work / f"store_{g}"), summary["encoder"])
+        limit = "accelerator" if accel / g >= decode / slots else f"decode CPUs ({slots} decode task(s) at a time)"
+        print(f"[{g} GPU{'s' if g > 1 else ''}] mer {sec:6.1f} s wall, {spans[g]:5.1f} s first to last forward; "
+              f"clips per GPU {summary['per_gpu']}")
+        print(f"  mer / MERTools-style : {mert / sec:5.2f}x wall (target >= 1.5x)")
+        print(f"  mer / ideal          : {ideal / sec:5.2f}x wall, {ideal / spans[g]:5.2f}x first to last forward "
+              f"(ideal {ideal:.1f} s; target >= 0.9x where the accelerator is the bottleneck)")
+        print("  busy fraction        : " + ", ".join(
+            f"GPU{k} {b / sec:4.0%} of wall, {b / spans[g]:4.0%} first to last forward"
+            for k, b in sorted(busy.items()))
+            + " (target >= 0.9)")
+        print(f"  bottleneck           : {limit}")
+    print(f"[2 GPUs / 1 GPU] {runs[1][0] / runs[2][0]:5.2f}x wall, {spans[1] / spans[2]:5.2f}x first to last forward "
+          "(target >= 1.8x)")
+    ray.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
@@ -150,7 +247,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="clips for the speed ratios")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds; the best of each is kept")
     ap.add_argument("--mem-n", type=int, default=None, help="small run of the memory test (large = 10x)")
+    ap.add_argument("--sim-gpu", action="store_true", help="GPU path on 2 fake GPUs with the sim_gpu test encoder")
+    ap.add_argument("--sim-batch-ms", type=float, default=20.0, help="simulated accelerator ms per batch")
+    ap.add_argument("--sim-sample-ms", type=float, default=100.0,
+                    help="simulated accelerator ms per sample (default: more than a demo clip's decode, so the "
+                         "accelerator is the bottleneck; lower it to see the CPUs run out)")
     args = ap.parse_args()
+    if args.sim_gpu:
+        sim_gpu_main(args)
+        return
     n = args.n or (32 if args.quick else 200)
     repeats = args.repeats or (1 if args.quick else 2)
     mem_n = args.mem_n or (40 if args.quick else 200)

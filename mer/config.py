@@ -325,6 +325,8 @@ class Job:
         stages: stages run in order.
         truth: optional CSV (sample_id,label) of hidden unlabeled labels, for
             reporting pseudo-label accuracy only; never used for training.
+        store_options: lancedb storage options of an object-store ``store``
+            (endpoint, credentials, timeouts); see :mod:`mer.store.options`.
     """
 
     name: str
@@ -335,6 +337,7 @@ class Job:
     encoders: dict[str, EncoderSpec] = field(default_factory=dict)
     stages: list[str] = field(default_factory=lambda: ["validate", "extract", "train", "evaluate"])
     truth: str | None = None
+    store_options: dict[str, str] = field(default_factory=dict)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     selftrain: SelftrainConfig = field(default_factory=SelftrainConfig)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mer.config import Job, absolute_paths, with_values
 from mer.stages import STAGES
+from mer.store.options import set_store_options
 
 _RAY_START = threading.Lock()
 
@@ -53,10 +54,14 @@ def absolute(job: Job) -> Job:
 
 
 def run_tune(job: Job, echo=print) -> dict:
-    """``mer tune``: start or join Ray, then search ``job.tune.space`` (:func:`mer.tune.tune_job`)."""
+    """``mer tune``: start or join Ray, then search ``job.tune.space`` (:func:`mer.tune.tune_job`).
+
+    The job's ``store_options`` are applied before Ray starts, as in :func:`run_job`.
+    """
     from mer.tune import tune_job
 
     job = absolute(job)
+    set_store_options(job.store_options)
     Path(job.run_dir).mkdir(parents=True, exist_ok=True)
     ensure_ray()
     return tune_job(job, echo)
@@ -66,9 +71,12 @@ def run_job(job: Job, echo=print) -> dict:
     """Run every stage of ``job`` in order; return ``{stage: summary}``.
 
     Relative local paths are made absolute first: Ray workers (Ray Train's
-    especially) run in other working directories.
+    especially) run in other working directories. The job's ``store_options``
+    go into this process's environment before Ray starts, so local workers
+    inherit them (:mod:`mer.store.options`).
     """
     job = absolute(job)
+    set_store_options(job.store_options)
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(job.to_yaml())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mer.corpus.media import load_audio
+from mer.corpus.media import load_audio, load_frames
 from mer.encoders import Encoder
 
 
@@ -78,3 +78,46 @@ class FragileEncoder(Encoder):
             v = np.array([np.sqrt(np.mean(wave**2)), wave.size], np.float32)
             out.append((v, np.stack([v, v])))
         return out
+
+
+class SimGpuEncoder(Encoder):
+    """Video 'encoder' with real decoding and a simulated accelerator forward.
+
+    ``prepare`` decodes ``spec.num_frames`` frames at 224x224 with PyAV (the real
+    CPU work a CLIP-style encoder feeds its GPU). ``_encode`` computes nothing:
+    it sleeps ``batch_ms`` per batch plus ``sample_ms`` per sample, the way a
+    GPU kernel leaves the CPU free while it runs. ``spec.model`` holds
+    ``"batch_ms:sample_ms"``. Run it on ``num_gpus=1`` actors over fake GPUs
+    (``ray.init(num_gpus=2)``).
+
+    vector = [CUDA_VISIBLE_DEVICES as a number (-1 if unset), forward start
+    (``time.time()`` mod 3600), forward seconds, batch size], so a reader can
+    sum each simulated GPU's busy time.
+    """
+
+    alias = "sim_gpu"
+    role = "video"
+
+    @classmethod
+    def weights_fingerprint(cls, spec) -> str:
+        return ""
+
+    @property
+    def dim(self) -> int:
+        return 4
+
+    def prepare(self, row: dict) -> np.ndarray:
+        return load_frames(row["video"], self.spec.num_frames, size=(224, 224))
+
+    def forward_seconds(self, batch_size: int) -> float:
+        """Simulated kernel time of one batch: ``batch_ms + batch_size * sample_ms``."""
+        batch_ms, sample_ms = (float(v) for v in (self.spec.model or "0:0").split(":"))
+        return (batch_ms + batch_size * sample_ms) / 1000
+
+    def _encode(self, batch):
+        start = time.time()
+        time.sleep(self.forward_seconds(len(batch)))
+        busy = time.time() - start
+        gpu = float(os.environ.get("CUDA_VISIBLE_DEVICES") or -1)
+        vector = np.array([gpu, start % 3600, busy, len(batch)], np.float32)
+        return [(vector, None) for _ in batch]

@@ -14,6 +14,7 @@ from mer.errors import MerError
 from mer.remote import client as jc
 from mer.remote import manage
 from mer.config import absolute_paths
+from mer.remote import submit as js
 from mer.remote.submit import EXCLUDES, build_submission, is_local_address, runtime_env
 
 JOB_YAML = """\
@@ -150,7 +151,8 @@ def test_submission_entrypoint_id_metadata(project):
     assert re.fullmatch(r"mer-my-job-[0-9a-f]{8}", sub.submission_id)
     assert sub.metadata == {"mer_job": "My Job!"}
     args = shlex.split(sub.entrypoint)
-    assert args[:4] == ["mer", "run", "jobs/my.yaml", "train.epochs=2"]
+    # the module, not the `mer` script: a head's PATH may lack it
+    assert args[:6] == ["python", "-m", "mer.cli", "run", "jobs/my.yaml", "train.epochs=2"]
     # outputs always absolute, inputs only when they exist here
     assert f"store={project / 'mer_store'}" in args
     assert f"run_dir={project / 'runs/my'}" in args
@@ -227,3 +229,121 @@ def test_format_table():
     lines = manage.format_table(rows).splitlines()
     assert lines[0].split() == ["SUBMISSION_ID", "STATUS", "START", "(UTC)", "NAME"]
     assert lines[1].split() == ["mer-a-1", "RUNNING", "2026-01-01", "00:00:00", "a"]
+
+
+def test_store_options_travel_as_env_var(project):
+    import json
+
+    sub = build_submission("jobs/my.yaml", ["store_options.aws_endpoint=http://minio:9000"])
+    assert json.loads(sub.runtime_env["env_vars"]["MER_STORE_OPTIONS"]) == {"aws_endpoint": "http://minio:9000"}
+    assert "MER_STORE_OPTIONS" not in build_submission("jobs/my.yaml").runtime_env["env_vars"]
+
+
+# -- submit retries, launch failures -----------------------------------------------
+
+NO_AGENT = RuntimeError(
+    "Request failed with status code 500: No available agent to submit job, please try again later."
+)
+
+
+class FakeClock:
+    """``sleep`` advances ``now``; nothing really waits."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.waits = []
+
+    def sleep(self, seconds):
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+class FakeJobsClient:
+    """Answers ``submit_job`` with ``NO_AGENT`` ``busy`` times, then an id; serves one job's status and logs."""
+
+    def __init__(self, busy=0, status="SUCCEEDED", logs=""):
+        from ray.job_submission import JobStatus
+
+        self.busy, self.calls, self.logs = busy, 0, logs
+        self.status = JobStatus(status)
+
+    def submit_job(self, **kwargs):
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise NO_AGENT
+        return kwargs["submission_id"]
+
+    def get_job_info(self, job_id):
+        return None
+
+    async def tail_job_logs(self, job_id):
+        yield self.logs
+
+    def get_job_status(self, job_id):
+        return self.status
+
+    def get_job_logs(self, job_id):
+        return self.logs
+
+
+def _fake_cluster(monkeypatch, client):
+    monkeypatch.setattr(jc, "connect", lambda address=None: (client, "http://head:8265"))
+    monkeypatch.setattr(manage, "connect", lambda address=None: (client, "http://head:8265"))
+
+
+def test_submit_retries_a_starting_head(project, monkeypatch):
+    client = FakeJobsClient(busy=3)
+    _fake_cluster(monkeypatch, client)
+    monkeypatch.setattr(js.time, "sleep", lambda s: None)
+    sub = build_submission("jobs/my.yaml")
+    assert js.submit(sub) == sub.submission_id
+    assert client.calls == 4
+
+
+def test_retry_gives_up_after_its_budget_with_one_line():
+    clock = FakeClock()
+    calls = []
+
+    def busy():
+        calls.append(clock.now)
+        raise NO_AGENT
+
+    with pytest.raises(jc.ClusterError) as err:
+        js.retry_transient(busy, "http://head:8265", budget_s=30, sleep=clock.sleep, clock=lambda: clock.now)
+    assert clock.waits == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]  # doubling, capped at 8 s, within 30 s
+    assert len(calls) == 7 and clock.now <= 30
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("http://head:8265: the head has no job agent ready after 7 tries")
+
+
+def test_other_refusals_are_not_retried():
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise RuntimeError("Request failed with status code 400: bad runtime_env")
+
+    with pytest.raises(RuntimeError, match="400"):
+        js.retry_transient(refused, "http://head:8265", sleep=lambda s: pytest.fail("slept"))
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    "log_line",
+    ["/bin/sh: 1: mer: not found", "bash: python: command not found", "/usr/bin/python: No module named mer"],
+)
+def test_follow_names_a_head_without_mer_in_one_line(monkeypatch, log_line):
+    _fake_cluster(monkeypatch, FakeJobsClient(status="FAILED", logs=f"{log_line}\n"))
+    with pytest.raises(jc.ClusterError) as err:
+        manage.follow("mer-q-1", echo=lambda text: None, poll_s=0)
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith(f"mer-q-1 on http://head:8265: the cluster could not start mer ({log_line})")
+    assert "install mer and its dependencies on every node" in text
+
+
+def test_follow_leaves_other_failures_to_the_exit_code(monkeypatch):
+    _fake_cluster(monkeypatch, FakeJobsClient(status="FAILED", logs="ValueError: something else\n"))
+    assert manage.follow("mer-q-1", echo=lambda text: None, poll_s=0) == "FAILED"
+    _fake_cluster(monkeypatch, FakeJobsClient(status="SUCCEEDED", logs="/bin/sh: 1: mer: not found\n"))
+    assert manage.follow("mer-q-1", echo=lambda text: None, poll_s=0) == "SUCCEEDED"

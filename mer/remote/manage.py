@@ -7,14 +7,19 @@ Thin functions over ``JobSubmissionClient``; every call goes through
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from mer.remote.client import cluster_errors, connect, quiet_ray_logs
+from mer.remote.client import ClusterError, cluster_errors, connect, quiet_ray_logs
 
 FAILED_STATES = {"FAILED", "STOPPED"}
+# The shell's or Python's words for an entrypoint that cannot start (sh, bash, python -m).
+LAUNCH_FAILURES = re.compile(
+    r"[^\n]*(?:\b(?:python3?|mer): (?:command )?not found|No module named '?(?:mer|torch|lancedb|ray)\b)[^\n]*"
+)
 
 
 @dataclass
@@ -64,7 +69,26 @@ def follow(job_id: str, address: str | None = None, echo=None, poll_s: float = 1
         # The stream closes when the driver exits; the status may lag by a moment.
         while not (state := client.get_job_status(job_id)).is_terminal():
             time.sleep(poll_s)
+        hint = launch_failure(client.get_job_logs(job_id)) if str(state) == "FAILED" else None
+    if hint:
+        raise ClusterError(f"{job_id} on {url}: {hint}")
     return str(state)
+
+
+def launch_failure(job_logs: str) -> str | None:
+    """What to do when the job's entrypoint could not start mer, or None when it did.
+
+    A head started from an environment without mer (no ``python`` with mer's
+    dependencies on PATH) fails before mer prints anything; its shell or
+    Python says so in the driver's log.
+    """
+    match = LAUNCH_FAILURES.search(job_logs)
+    if match is None:
+        return None
+    return (
+        f"the cluster could not start mer ({match.group(0).strip()}): install mer and its dependencies "
+        "on every node, or start Ray (`ray start`) from the environment that has them"
+    )
 
 
 def stop(job_id: str, address: str | None = None, timeout_s: float = 60.0, poll_s: float = 0.5) -> str:

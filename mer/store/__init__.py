@@ -6,6 +6,7 @@ Ray tasks, and any lancedb/pyarrow/duckdb client can read the same tables.
 
 from mer.store.errors import DimensionError, StoreError
 from mer.store.features import Features, FeatureStore, TableInfo, open_store
+from mer.store.options import set_store_options, store_options
 from mer.store.schema import PSEUDO_LABELS_TABLE, RUNS_TABLE, feature_schema, table_name
 
 __all__ = [
@@ -18,5 +19,7 @@ __all__ = [
     "TableInfo",
     "feature_schema",
     "open_store",
+    "set_store_options",
+    "store_options",
     "table_name",
 ]

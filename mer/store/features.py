@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from mer.store.arrays import feature_table, seq_from_arrow, vectors_from_arrow
 from mer.store.diff import COMPARED, changed_rows
 from mer.store.errors import DimensionError, StoreError
+from mer.store.options import failure_cause, store_options
 from mer.store.schema import feature_schema, parse_table_name, table_name, vector_dim
 
 # Lance retries a conflicting commit itself; these extra attempts cover the
@@ -72,10 +73,12 @@ class TableInfo:
 
 
 def open_store(uri: str | Path = "mer_store", create: bool = True) -> FeatureStore:
-    """Connect to a store; other URIs than local folders pass through to lancedb untouched.
+    """Connect to a store; other URIs than local folders go to lancedb with :func:`store_options`.
 
     Args:
-        uri: local folder or lancedb URI (``s3://bucket/path``, ``gs://...``).
+        uri: local folder or lancedb URI (``s3://bucket/path``, ``gs://...``); an
+            object store's endpoint, credentials and timeouts come from the
+            environment (see :mod:`mer.store.options`).
         create: create a missing local folder (readers pass False so a typo
             is an error rather than an empty store).
 
@@ -92,12 +95,12 @@ def open_store(uri: str | Path = "mer_store", create: bool = True) -> FeatureSto
             if not create and not Path(uri).is_dir():
                 raise StoreError(f"store {uri!r} does not exist (run a job that extracts features, or pass --store)")
             Path(uri).mkdir(parents=True, exist_ok=True)
-        db = lancedb.connect(uri)
+        db = lancedb.connect(uri, storage_options=store_options(uri) or None)
         db.list_tables(limit=1)
     except StoreError:
         raise
     except Exception as exc:  # lancedb raises OSError, ValueError or RuntimeError by backend
-        raise StoreError(f"cannot open store {uri!r}: {_first_line(exc)}") from exc
+        raise StoreError(f"cannot open store {uri!r}: {failure_cause(str(exc)) or _first_line(exc)}") from exc
     return FeatureStore(db, uri)
 
 
