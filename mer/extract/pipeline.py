@@ -204,6 +204,8 @@ def extract_rows(
     summary.update(
         per_gpu=dict(per_gpu),
         actors=plan.actors,
+        resources=f"{plan.actors} actor(s) x {plan.actor_gpus:g} GPU, {plan.actor_cpus:g} CPU"
+                  + (f", {plan.threads} torch threads" if plan.threads else "") + f"; decode tasks {plan.decode_cpus:g} CPU",
         seconds=round(seconds, 2),
         samples_per_s=round(len(todo) / max(seconds, 1e-9), 2),
         # actor start and model load happen once per run; this is the rate after them

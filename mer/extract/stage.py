@@ -64,6 +64,7 @@ def run(job: Job, echo=print, roles: list[str] | None = None) -> dict:
         echo(
             f"   {role}: {result['encoder']} -> {result['table']}: written {result['written']}, "
             f"skipped {result['skipped']} (already stored), failed {result['failed']}"
+            + (f" [{result['resources']}]" if "resources" in result else "")
             + (f" (see {Path(job.run_dir) / 'quarantine.csv'})" if result["failed"] else "")
         )
     return summary
