@@ -343,17 +343,16 @@ def serve_cmd(run_dir, checkpoints, host, port, replicas, gpus_per_replica, max_
       mer serve --run runs/quickstart --port 8000
       curl -F file=@clip.mp4 -F text="I can't believe it" http://127.0.0.1:8000/predict
     """
-    from mer.runner import ensure_ray
-    from mer.serve.app import ServeArgs, serve_until_interrupted, start
+    from mer.runner import run_serve
+    from mer.serve.app import ServeArgs, serve_until_interrupted
     from mer.serve.predictor import load_predictor
 
     # Load once here: a bad run or a changed encoder is a one-line error before Ray starts.
     described = load_predictor(run_dir, checkpoints, device="cpu").describe()
-    ensure_ray()
     args = ServeArgs(run_dir=run_dir, checkpoints=list(checkpoints), max_upload_mb=max_upload_mb,
                      max_seconds=max_seconds, allowed_root=allowed_root, max_batch_size=max_batch_size,
                      replicas=replicas, gpus_per_replica=gpus_per_replica)
-    url = start(args, host, port)
+    url = run_serve(args, host, port)
     click.echo(f"serving {described['predictor']} {described['model_id']} at {url} (Ctrl-C stops)")
     click.echo(f"next: curl -F file=@clip.mp4 -F text=\"...\" {url}/predict   |   curl {url}/model")
     serve_until_interrupted()

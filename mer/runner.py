@@ -67,6 +67,14 @@ def run_tune(job: Job, echo=print) -> dict:
     return tune_job(job, echo)
 
 
+def run_serve(args, host: str, port: int) -> str:
+    """``mer serve``: start or join Ray, then start the Serve app (:func:`mer.serve.app.start`); returns its URL."""
+    from mer.serve.app import start
+
+    ensure_ray()
+    return start(args, host, port)
+
+
 def run_job(job: Job, echo=print) -> dict:
     """Run every stage of ``job`` in order; return ``{stage: summary}``.
 

@@ -78,3 +78,21 @@ def test_tune_writes_results_and_a_killed_search_resumes_to_the_same_best(projec
     bad = subprocess.run([*MER, "tune", "tune.yaml", "tune.space={train.nope: {choice: [1]}}"], cwd=project,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "tune.space: 'train.nope'" in bad.stderr
+
+
+def test_best_job_file_trains_the_winner_and_does_not_tune_again(tmp_path):
+    """``stages=[tune]`` (how ``mer submit`` runs a search) writes a best.yaml that trains instead."""
+    from mer.config import load_job
+    from mer.tune.results import rank_trials, write_results
+
+    job = job_from_dict({"name": "t", "manifest": "m.csv", "stages": ["tune"],
+                         "tune": {"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}})
+    rows = [{"trial": i, "params": {"train.lr": lr}, "cv_weighted_f1": f1, "cv_std": 0.0, "folds_done": 5,
+             "status": status} for i, (lr, f1, status) in enumerate([(1e-3, 0.8, "complete"), (2e-3, 0.9, "stopped"),
+                                                                     (3e-3, 0.7, "complete")])]
+    table = rank_trials(rows)
+    assert table["trial"].tolist() == [0, 2, 1]  # finished trials first, a stopped one's partial score never wins
+    summary = write_results(job, table, tmp_path)
+    best = load_job(tmp_path / "best.yaml")
+    assert summary["best"] == {"train.lr": 1e-3} and best.train.lr == 1e-3
+    assert best.stages == ["train", "evaluate", "report"] and best.tune.space == {}

@@ -32,15 +32,17 @@ def rank_trials(rows: list[dict]) -> pd.DataFrame:
 def write_results(job: Job, table: pd.DataFrame, run_dir: Path) -> dict:
     """``tune_results.csv``, ``tune.png`` and ``best.yaml`` (the job with the best trial's values).
 
-    ``best.yaml`` keeps the job's stages; its ``run_dir`` is ``run_dir/best``
-    and its ``tune.space`` is emptied, so ``mer run best.yaml`` trains it.
+    ``best.yaml`` keeps the job's stages but ``tune`` (none left: train,
+    evaluate, report); its ``run_dir`` is ``run_dir/best`` and its
+    ``tune.space`` is emptied, so ``mer run best.yaml`` trains it.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     table.round({METRIC: 6, "cv_std": 6}).to_csv(run_dir / "tune_results.csv", index=False)
     params = [c for c in table.columns if c.startswith("train.")]
     best = table[table["status"] == "complete"].iloc[0]
     values = {k: _plain(best[k]) for k in params}
-    best_job = with_values(job, {**values, "run_dir": str(run_dir / "best"), "tune.space": {}})
+    stages = [s for s in job.stages if s != "tune"] or ["train", "evaluate", "report"]
+    best_job = with_values(job, {**values, "run_dir": str(run_dir / "best"), "tune.space": {}, "stages": stages})
     (run_dir / "best.yaml").write_text(
         f"# chosen by mer tune: {best[METRIC]:.4f} weighted F1, {job.tune.folds}-fold CV on the labeled train split\n"
         + best_job.to_yaml())

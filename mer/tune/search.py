@@ -92,6 +92,11 @@ def experiment_name(job: Job) -> str:
     return f"{job.name}-{digest([fingerprint(job), dataclasses.asdict(job.tune)])[:8]}"
 
 
+def run(job: Job, echo: Callable[[str], None] = print) -> dict:
+    """The ``tune`` stage: ``mer submit JOB.yaml stages=[tune]`` runs the search on a cluster's nodes."""
+    return tune_job(job, echo)
+
+
 def tune_job(job: Job, echo: Callable[[str], None] = print) -> dict:
     """Run (or resume) the search of ``job.tune``; write the results into ``job.run_dir``.
 
