@@ -37,7 +37,10 @@ import requests
 
 from mer.config import job_from_dict, load_job
 from mer.corpus.demo import make_demo_corpus
-from mer.runner import ensure_ray, run_job
+from mer.runner import ensure_ray
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tiny_run import train_tiny_run  # noqa: E402
 from mer.serve.final import ENSEMBLE, final_predictor
 
 LEVELS = (1, 4, 16)
@@ -45,16 +48,8 @@ MER = [sys.executable, "-c", "from mer.cli import main; main()"]
 
 
 def tiny_run(root: Path) -> Path:
-    """A trained run like the tests' (validate, extract, train; one AGT seed, 3 epochs)."""
-    manifest = make_demo_corpus(root / "train_corpus", n_train=30, n_unlabeled=0, n_test=10, seed=3, workers=1)
-    job = job_from_dict({
-        "name": "bench_serve", "manifest": str(manifest), "store": str(root / "store"), "run_dir": str(root / "run"),
-        "encoders": {"audio": {"alias": "logmel"}, "video": {"alias": "frames"}, "text": {"alias": "minilm"}},
-        "stages": ["validate", "extract", "train"],
-        "train": {"epochs": 3, "seeds": [0], "hidden": 16, "baseline": None},
-    })
-    run_job(job, echo=lambda _: None)
-    return Path(job.run_dir)
+    """The tests' trained run (validate, extract, train; one AGT seed, 3 epochs)."""
+    return Path(train_tiny_run(root, "bench_serve").run_dir)
 
 
 def free_port() -> int:

@@ -17,7 +17,21 @@ from mer.corpus.media import load_audio, load_frames
 from mer.encoders import Encoder
 
 
-class ProbeEncoder(Encoder):
+class _TestEncoder(Encoder):
+    """A test encoder: no weights to fingerprint, a fixed ``width``."""
+
+    width = 0
+
+    @classmethod
+    def weights_fingerprint(cls, spec) -> str:
+        return ""
+
+    @property
+    def dim(self) -> int:
+        return self.width
+
+
+class ProbeEncoder(_TestEncoder):
     """Text 'encoder' whose vector records the GPU its actor was pinned to.
 
     vector = [CUDA_VISIBLE_DEVICES as a number (-1 if unset), pid, len(text), 1].
@@ -27,14 +41,7 @@ class ProbeEncoder(Encoder):
 
     alias = "probe"
     role = "text"
-
-    @classmethod
-    def weights_fingerprint(cls, spec) -> str:
-        return ""
-
-    @property
-    def dim(self) -> int:
-        return 4
+    width = 4
 
     def prepare(self, row: dict) -> str:
         return str(row.get("text") or "")
@@ -53,19 +60,12 @@ class ProbeEncoder(Encoder):
         return [(np.array([gpu, os.getpid(), len(t), 1.0], np.float32), None) for t in batch]
 
 
-class FragileEncoder(Encoder):
+class FragileEncoder(_TestEncoder):
     """Audio RMS 'encoder' that decodes real media and fails to encode text 'boom'."""
 
     alias = "fragile"
     role = "audio"
-
-    @classmethod
-    def weights_fingerprint(cls, spec) -> str:
-        return ""
-
-    @property
-    def dim(self) -> int:
-        return 2
+    width = 2
 
     def prepare(self, row: dict):
         return load_audio(row.get("audio") or row["video"], max_seconds=1.0), str(row.get("text") or "")
@@ -80,7 +80,7 @@ class FragileEncoder(Encoder):
         return out
 
 
-class SimGpuEncoder(Encoder):
+class SimGpuEncoder(_TestEncoder):
     """Video 'encoder' with real decoding and a simulated accelerator forward.
 
     ``prepare`` decodes ``spec.num_frames`` frames at 224x224 with PyAV (the real
@@ -97,14 +97,7 @@ class SimGpuEncoder(Encoder):
 
     alias = "sim_gpu"
     role = "video"
-
-    @classmethod
-    def weights_fingerprint(cls, spec) -> str:
-        return ""
-
-    @property
-    def dim(self) -> int:
-        return 4
+    width = 4
 
     def prepare(self, row: dict) -> np.ndarray:
         return load_frames(row["video"], self.spec.num_frames, size=(224, 224))

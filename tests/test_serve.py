@@ -35,19 +35,9 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, ray_local):
     """A trained run (train stage only: the final predictor is the seed ensemble) and its corpus."""
-    from mer.corpus.demo import make_demo_corpus
-    from mer.runner import run_job
+    from tiny_run import train_tiny_run
 
-    root = tmp_path_factory.mktemp("serve")
-    manifest = make_demo_corpus(root / "demo", n_train=30, n_unlabeled=0, n_test=10, seed=3, workers=1)
-    job = job_from_dict({
-        "name": "serve", "manifest": str(manifest), "store": str(root / "store"), "run_dir": str(root / "run"),
-        "encoders": {"audio": {"alias": "logmel"}, "video": {"alias": "frames"}, "text": {"alias": "minilm"}},
-        "stages": ["validate", "extract", "train"],
-        "train": {"epochs": 3, "seeds": [0], "hidden": 16, "baseline": None},
-    })
-    run_job(job, echo=lambda _: None)
-    return job
+    return train_tiny_run(tmp_path_factory.mktemp("serve"), "serve")
 
 
 @pytest.fixture(scope="module")
