@@ -204,3 +204,43 @@ def test_a_plugin_encoder_extracts_and_trains_end_to_end(ray_local, corpus, tmp_
     assert config["read"]["tables"]["audio"]["table"] == ref.table
     preds = pd.read_csv(tmp_path / "run" / "predictions_unlabeled.csv")
     assert len(preds) == results["train"]["n_unlabeled"] > 0
+
+
+def test_a_run_that_loses_a_node_reruns_only_the_clips_that_did_not_come_back(monkeypatch, tmp_path):
+    """Beyond Ray's own retries (a node gone with its actor), extract_rows starts a new run for the rest."""
+    import pickle
+
+    from ray.exceptions import ActorUnavailableError
+
+    from mer.extract import pipeline
+
+    ids = [f"s{i:02d}" for i in range(10)]
+    rows = pd.DataFrame({"sample_id": ids, "split": "train", "label": "happy", "video": None, "audio": None,
+                         "text": [f"t{i}" for i in range(10)]})
+    runs = []
+
+    def result(batch_ids):
+        return {"sample_id": np.array(batch_ids), "split": np.array(["train"] * len(batch_ids)),
+                "label": np.array(["happy"] * len(batch_ids)), "no_face": np.zeros(len(batch_ids), int),
+                "error": np.array([""] * len(batch_ids)), "gpu": np.array([""] * len(batch_ids)),
+                "result": np.array([pickle.dumps((np.ones(4, np.float32), None)) for _ in batch_ids], object)}
+
+    class LostNode:
+        def __init__(self, pending):
+            self.pending = list(pending["sample_id"])
+            runs.append(self.pending)
+
+        def iter_batches(self, **_):
+            yield result(self.pending[:4])
+            if len(runs) == 1:
+                raise ActorUnavailableError("The actor is temporarily unavailable: node lost", None)
+            yield result(self.pending[4:])
+
+    monkeypatch.setattr(pipeline, "build_dataset", lambda pending, *a: LostNode(pending))
+    monkeypatch.setattr(pipeline, "plan_resources", lambda cfg: pipeline.Plan(1, 0.0, 1.0, 1.0, 1))
+    spec = EncoderSpec(alias="extract_plugins:ProbeEncoder", seq_len=0)
+    summary = extract_rows(rows, spec, str(tmp_path / "store"), ExtractConfig(write_batch=2, max_restarts=1),
+                           progress=False)
+    assert runs == [ids, ids[4:]]  # the second run only has what the first did not return
+    assert summary["written"] == 10 and summary["failed"] == 0
+    assert sorted(open_store(str(tmp_path / "store")).existing_ids("probe", summary["version"])) == ids

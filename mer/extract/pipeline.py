@@ -128,6 +128,11 @@ def extract_rows(
 ) -> dict:
     """Extract one encoder's features for ``rows`` into the store (resumable, idempotent).
 
+    Ray restarts a dead actor and retries its batches (``cfg.max_restarts``);
+    a failure beyond that (a lost node whose actor stays unreachable) ends the
+    Ray Data run, and the clips that had not come back are run again in a new
+    one, planned for the cluster that is left, up to ``cfg.max_restarts`` times.
+
     Args:
         rows: manifest rows (``sample_id, split, label, video, audio, text``).
         spec: the encoder spec.
@@ -158,46 +163,44 @@ def extract_rows(
     }
     if todo.empty:
         return summary
-    plan = plan_resources(cfg)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one driver bar below instead of one per operator
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # plan and start-up INFO lines: the bar says it
-    ds = build_dataset(todo, spec, plan, cfg.max_restarts)
 
     start = time.perf_counter()
     first: tuple[float, int] | None = None  # (seconds, rows) when the first batch arrived
     buffer: list[dict] = []
     per_gpu: Counter = Counter()
+    returned: set[str] = set()  # ids that came back (stored or quarantined) in this run
 
     def flush() -> None:
         if buffer:
             summary["written"] += _write(store, alias, version, buffer, spec.seq_dtype)
             buffer.clear()
 
+    pending = todo
     with tqdm(total=len(todo), desc=f"extract {alias}", unit="clip", disable=not progress) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            if first is None:
-                first = (time.perf_counter() - start, len(batch["sample_id"]))
-            failed = []
-            for i, sid in enumerate(batch["sample_id"]):
-                summary["no_face_frames"] += int(batch["no_face"][i])
-                if batch["error"][i]:
-                    failed.append({"sample_id": str(sid), "reason": str(batch["error"][i])})
-                    continue
-                vector, seq = pickle.loads(batch["result"][i])
-                label = batch["label"][i]
-                buffer.append(
-                    {"sample_id": str(sid), "split": str(batch["split"][i]),
-                     "label": label if isinstance(label, str) and label else None,
-                     "vector": vector, "seq": seq}
-                )
-                per_gpu[str(batch["gpu"][i]) or "cpu"] += 1
-            if failed:
-                summary["failed"] += len(failed)
-                on_failed(failed)
-            if len(buffer) >= cfg.write_batch:
+        for attempt in range(cfg.max_restarts + 1):
+            plan = plan_resources(cfg)  # again after a loss: the cluster may have shrunk
+            try:
+                for batch in build_dataset(pending, spec, plan, cfg.max_restarts).iter_batches(
+                        batch_size=None, batch_format="numpy"):
+                    if first is None:
+                        first = (time.perf_counter() - start, len(batch["sample_id"]))
+                    returned.update(str(sid) for sid in batch["sample_id"])
+                    _take(batch, buffer, per_gpu, summary, on_failed)
+                    if len(buffer) >= cfg.write_batch:
+                        flush()
+                    bar.update(len(batch["sample_id"]))
+                break
+            except ray.exceptions.RayError as exc:
+                # A lost node or actor that Ray's own retries did not cover: keep what came back, run the rest again.
                 flush()
-            bar.update(len(batch["sample_id"]))
+                pending = pending[~pending["sample_id"].astype(str).isin(returned)]
+                if attempt == cfg.max_restarts or pending.empty:
+                    raise
+                logging.getLogger(__name__).warning("extract %s: %s; running the %d remaining clips again",
+                                                    alias, type(exc).__name__, len(pending))
         flush()
     seconds = time.perf_counter() - start
     startup, first_rows = first or (seconds, 0)
@@ -213,6 +216,24 @@ def extract_rows(
         steady_samples_per_s=round((len(todo) - first_rows) / max(seconds - startup, 1e-9), 2),
     )
     return summary
+
+
+def _take(batch: dict, buffer: list[dict], per_gpu: Counter, summary: dict, on_failed) -> None:
+    """Sort one result batch: stored rows into ``buffer``, failures to ``on_failed`` (counted in ``summary``)."""
+    failed = []
+    for i, sid in enumerate(batch["sample_id"]):
+        summary["no_face_frames"] += int(batch["no_face"][i])
+        if batch["error"][i]:
+            failed.append({"sample_id": str(sid), "reason": str(batch["error"][i])})
+            continue
+        vector, seq = pickle.loads(batch["result"][i])
+        label = batch["label"][i]
+        buffer.append({"sample_id": str(sid), "split": str(batch["split"][i]),
+                       "label": label if isinstance(label, str) and label else None, "vector": vector, "seq": seq})
+        per_gpu[str(batch["gpu"][i]) or "cpu"] += 1
+    if failed:
+        summary["failed"] += len(failed)
+        on_failed(failed)
 
 
 def _write(store, alias: str, version: str, rows: list[dict], seq_dtype: str) -> int:

@@ -229,14 +229,11 @@ class FeatureStore:
         if len(batch) == 0:
             return 0
         if tbl is None:
-            try:
-                self.db.create_table(name, data=batch, schema=schema)
-                return len(batch)
-            except ValueError as exc:  # another writer created it first
-                if "already exists" not in str(exc):
-                    raise
-                tbl = self.db.open_table(name)
-                batch = feature_table(batch, tbl.schema, alias, version)
+            # Created empty, then merged into like any batch: two writers that both find no
+            # table may both create it, and an empty creation is the only kind that cannot
+            # lose the other's rows.
+            tbl = self.db.create_table(name, schema=schema, exist_ok=True)
+            batch = feature_table(batch, tbl.schema, alias, version)
         return self._merge(tbl, batch, skip_existing)
 
     def _new_schema(self, rows, seq_dtype: str) -> pa.Schema:
