@@ -22,6 +22,7 @@ from mer.store.diff import COMPARED, changed_rows
 from mer.store.errors import DimensionError, StoreError
 from mer.store.options import failure_cause, store_options
 from mer.store.schema import feature_schema, parse_table_name, table_name, vector_dim
+from mer.store.snapshot import TableSnapshot
 
 # Lance retries a conflicting commit itself; these extra attempts cover the
 # conflicts it gives up on when many writers append to one table at once.
@@ -182,6 +183,10 @@ class FeatureStore:
     def create_empty_like(self, name: str, source: FeatureStore) -> None:
         """An empty table ``name`` with the schema of ``source``'s table of that name (a modality with no rows)."""
         self.db.create_table(name, schema=source.open_table(name).schema, exist_ok=True)
+
+    def snapshot(self, name: str, as_of: int) -> TableSnapshot:
+        """A feature table pinned at Lance version ``as_of``, read by row position (streaming training)."""
+        return TableSnapshot(self.open_table(name, as_of=as_of).to_lance())
 
     def dataset_uri(self, alias: str, version: str | None = None) -> str:
         """URI of the Lance dataset behind a table (for ``ray.data.read_lance``)."""

@@ -147,30 +147,25 @@ class LanceSource:
     def __init__(self, store: str, table: RoleTable):
         self.store = store
         self.table = table
-        self._dataset = None
+        self._snapshot = None
 
     def __getstate__(self):
-        return {"store": self.store, "table": self.table, "_dataset": None}
+        return {"store": self.store, "table": self.table, "_snapshot": None}
 
-    def dataset(self):
-        """The pinned Lance dataset (opened once per process)."""
-        if self._dataset is None:
+    def snapshot(self):
+        """The pinned table (:class:`mer.store.snapshot.TableSnapshot`, opened once per process)."""
+        if self._snapshot is None:
             from mer.store import open_store
 
-            store = open_store(self.store)
-            self._dataset = store.open_table(self.table.table, as_of=self.table.table_version).to_lance()
-        return self._dataset
+            self._snapshot = open_store(self.store).snapshot(self.table.table, self.table.table_version)
+        return self._snapshot
 
     def take(self, rows: np.ndarray):
-        from mer.store.arrays import seq_from_arrow, vectors_from_arrow
-
         t = self.table
-        batch = self.dataset().take(rows, columns=["vector", "seq"] if t.seq_len else ["vector"])
-        vector = vectors_from_arrow(batch.column("vector")).astype(np.float32, copy=False)
-        if not t.seq_len:
+        vector, seq = self.snapshot().take(rows, t.seq_len)
+        if seq is None:
             return vector, None
-        seq, mask = seq_from_arrow(batch.column("seq"), t.seq_len)
-        return vector, _pad_seq(seq, mask, len(rows), t.seq_len, t.dim)
+        return vector, _pad_seq(*seq, len(rows), t.seq_len, t.dim)
 
 
 @dataclass
@@ -267,7 +262,7 @@ def read_plan(plan: ReadPlan, splits: str | list[str] | None = None) -> MultiMod
     if plan.streaming:
         for role, t in plan.roles.items():
             source = LanceSource(plan.store, t)
-            meta = source.dataset().to_table(columns=["sample_id", "split", "label"]).to_pandas()
+            meta = source.snapshot().meta()
             metas[role], sources[role] = meta, source
     else:
         from mer.store import open_store
