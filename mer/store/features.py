@@ -2,8 +2,8 @@
 
 Writes are idempotent upserts keyed on ``sample_id`` (one Lance commit per
 batch, so a batch lands whole or not at all); reads project columns straight
-into numpy. Nothing here imports Ray: a cluster reads the same tables with
-``ray.data.read_lance(store.dataset_uri(...))``.
+into numpy. Nothing here imports Ray; any Lance client (``ray.data.read_lance``
+on ``<store>/<table>.lance`` included) reads the same tables.
 """
 
 from __future__ import annotations
@@ -187,10 +187,6 @@ class FeatureStore:
     def snapshot(self, name: str, as_of: int) -> TableSnapshot:
         """A feature table pinned at Lance version ``as_of``, read by row position (streaming training)."""
         return TableSnapshot(self.open_table(name, as_of=as_of).to_lance())
-
-    def dataset_uri(self, alias: str, version: str | None = None) -> str:
-        """URI of the Lance dataset behind a table (for ``ray.data.read_lance``)."""
-        return self.open_table(alias, version).to_lance().uri
 
     # --- write -----------------------------------------------------------
     def upsert(
