@@ -216,6 +216,9 @@ def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):
         assert section in md
     assert (run_dir / "waf_per_round.png").exists() and (run_dir / "pseudo_labels_per_round.png").exists()
     assert set(summary["rounds"][0]["models_cv"]) == {"agt", "unimodal", "linear"}  # linear votes like any model
+    final = summary["final_checkpoints"]  # what mer predict --run loads: the last round's finished fits
+    assert set(final) == {"agt", "unimodal", "linear"} and all((Path(p) / "done.json").exists()
+                                                             for paths in final.values() for p in paths)
     assert "| linear |" in md  # the linear floor beside the model
 
     # The same job on the same data, from a fresh store and run folder, fits running two at a time:

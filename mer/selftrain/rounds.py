@@ -36,6 +36,7 @@ import pandas as pd
 from mer.config import Job
 from mer.errors import MerError
 from mer.selftrain.voting import average_seeds, prob_columns, vote
+from mer.train import cache
 from mer.train.cache import digest, fingerprint, fit_many, fits_dir_of, predict_cached
 
 def run_id(job: Job) -> str:
@@ -276,11 +277,13 @@ def _one_round(job, r, rdir, accepted, fits_dir, test_truth, hidden, echo) -> tu
 def _final_checkpoints(job: Job, trained_on: pd.DataFrame, fits_dir: Path) -> dict[str, list[str]]:
     """The final round's checkpoint folders, model -> one per seed (``mer predict --run`` loads them).
 
-    Every one of these fits is in the cache by now, so this only looks the folders up.
+    The fit cache names every fit (:func:`mer.train.cache.fit_path`), so this
+    only computes the folders the last round trained or reused; it trains nothing.
     """
     extra = None if trained_on.empty else trained_on[["sample_id", "label"]]
-    fits = fit_many(job, [(m, s) for m in job.selftrain.models for s in job.train.seeds], extra, fits_dir)
-    return {m: [str(fits[(m, s)]) for s in job.train.seeds] for m in job.selftrain.models}
+    plan = cache.plan_read(job)
+    return {m: [str(cache.fit_path(job, m, s, extra, fits_dir, plan)) for s in job.train.seeds]
+            for m in job.selftrain.models}
 
 
 def _ensure_stored(store, rid: str, r: int, labels: pd.DataFrame) -> None:

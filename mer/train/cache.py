@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from mer.config import Job
+from mer.train.checkpoint import read_config
 from mer.train.data import ReadPlan, plan_read
 
 DONE = "done.json"
@@ -65,6 +66,11 @@ def labels_key(extra: pd.DataFrame | None) -> list:
     return [] if extra is None else sorted(zip(extra["sample_id"].astype(str), extra["label"].astype(str)))
 
 
+def _tables(plan: ReadPlan) -> dict[str, list]:
+    """Role -> [table, pinned Lance version]: the data half of a fit's identity."""
+    return {r: [t.table, t.table_version] for r, t in sorted(plan.roles.items())}
+
+
 def fit_name(job: Job, plan: ReadPlan, model: str, seed: int, extra: pd.DataFrame | None = None) -> str:
     """``<model>_s<seed>_<key>``: the one hash of everything a fit's weights depend on.
 
@@ -72,9 +78,14 @@ def fit_name(job: Job, plan: ReadPlan, model: str, seed: int, extra: pd.DataFram
     pinned Lance versions, the model, the seed and the exact extra labels. It
     names the fit cache folder and the fit's Ray Train runs.
     """
-    tables = {r: [t.table, t.table_version] for r, t in sorted(plan.roles.items())}
-    key = digest([fingerprint(job), tables, model, seed, labels_key(extra)])[:12]
+    key = digest([fingerprint(job), _tables(plan), model, seed, labels_key(extra)])[:12]
     return f"{model}_s{seed}_{key}"
+
+
+def fit_path(job: Job, model: str, seed: int, extra: pd.DataFrame | None = None,
+             fits_dir: Path | None = None, plan: ReadPlan | None = None) -> Path:
+    """The cache folder of one fit (which may not exist yet)."""
+    return Path(fits_dir or fits_dir_of(job)) / fit_name(job, plan or plan_read(job), model, seed, extra)
 
 
 def fit_cached(job: Job, model: str, seed: int, extra: pd.DataFrame | None = None,
@@ -87,15 +98,14 @@ def fit_cached(job: Job, model: str, seed: int, extra: pd.DataFrame | None = Non
     from mer.train.fit import fit
 
     plan = plan or plan_read(job)
-    out_dir = Path(fits_dir or fits_dir_of(job)) / fit_name(job, plan, model, seed, extra)
+    out_dir = fit_path(job, model, seed, extra, fits_dir, plan)
     done = out_dir / DONE
     if done.exists():
         return out_dir
     pseudo = labels_key(extra)
     extra_labels = None if not pseudo else extra[["sample_id", "label"]].reset_index(drop=True)
     fit(job, model, seed, out_dir, extra_labels=extra_labels, plan=plan)
-    tables = {r: [t.table, t.table_version] for r, t in sorted(plan.roles.items())}
-    done.write_text(json.dumps({"model": model, "seed": seed, "pseudo_labels": len(pseudo), "tables": tables}))
+    done.write_text(json.dumps({"model": model, "seed": seed, "pseudo_labels": len(pseudo), "tables": _tables(plan)}))
     return out_dir
 
 
@@ -120,7 +130,7 @@ def fit_many(job: Job, runs: list[tuple[str, int]], extra: pd.DataFrame | None =
         done = {}
         for future in as_completed(futures):
             done[futures[future]] = path = future.result()
-            score = json.loads((path / "config.json").read_text()).get("cv", {}).get("weighted_f1")
+            score = read_config(path).get("cv", {}).get("weighted_f1")
             if score is not None and (best is None or score > best[0]):
                 best = (score, futures[future][0])
             if best:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from ray.tune import Callback
 
 from mer.config import Job, job_from_dict, with_values
 from mer.errors import MerError
@@ -64,25 +65,19 @@ def trial(params: dict, *, job_data: dict, plan: ReadPlan) -> None:
         finished.append(score["weighted_f1"])
 
 
-class _Progress:
+class _Progress(Callback):
     """Prints a line per finished trial: how many of how many, its score, the best so far."""
 
-    def __new__(cls, echo: Callable[[str], None], total: int):
-        from ray.tune import Callback
+    def __init__(self, echo: Callable[[str], None], total: int):
+        self.echo, self.total, self.done, self.best = echo, total, 0, None
 
-        class Progress(Callback):
-            def __init__(self):
-                self.done, self.best = 0, None
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self.done += 1
-                score = (trial.last_result or {}).get(METRIC)
-                if score is not None and (self.best is None or score > self.best):
-                    self.best = score
-                shown = "stopped early" if score is None else f"{score:.4f}"
-                echo(f"   trial {self.done}/{total}: CV weighted F1 {shown}, best so far {self.best or 0:.4f}")
-
-        return Progress()
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        score = (trial.last_result or {}).get(METRIC)
+        if score is not None and (self.best is None or score > self.best):
+            self.best = score
+        shown = "stopped early" if score is None else f"{score:.4f}"
+        self.echo(f"   trial {self.done}/{self.total}: CV weighted F1 {shown}, best so far {self.best or 0:.4f}")
 
 
 def experiment_name(job: Job) -> str:
