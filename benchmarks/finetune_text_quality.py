@@ -1,14 +1,22 @@
-"""Issue 8 quality bar: text-only weighted F1, fine-tuned vs frozen MiniLM features.
+"""Issue 15 quality bar: text-only weighted F1 on frozen vs fine-tuned vs cross-fitted fine-tuned MiniLM.
 
-Same corpus (the demo corpus's train and test transcripts and labels:
-``plan_corpus`` with the demo sizes and seed, no media; the unlabeled split is
-left out, it plays no part here), same classifier (the project's
-``unimodal`` model on the text role, ``mer.train.fit``), 3 seeds. For each seed
-MiniLM is fine-tuned on the train split with DeepSpeed ZeRO-2 on 2 Ray Train
-CPU workers (seeded with the same seed), exported, and re-extracted; the
-classifier is trained on the frozen features and on the fine-tuned ones.
+Two corpora, train and test transcripts with their labels (``plan_corpus``, no
+media; the unlabeled split plays no part here): ``demo`` (the demo corpus,
+seed 0) and ``heldout`` (what ``mer demo-data OUT --style heldout --seed 101``
+writes: other speakers' situation transcripts, nothing was tuned on it). For
+each seed, MiniLM is fine-tuned cross-fitted (``finetune.folds`` models on the
+other folds' rows, plus the full model on every train row; DeepSpeed ZeRO-2 on 2
+Ray Train CPU workers; folds and init seeded with the seed). The single
+fine-tune is that full model: same settings and rows, hence the same
+fingerprint, so it is copied into its own folder, where the single-model stage
+(``finetune.folds: 0``) finds it finished and only re-extracts every row with
+it. Each feature set gets the same classifiers with the same seed
+(``mer.train.fit``): ``linear`` (logistic regression, the baseline every quality
+table shows) and ``unimodal`` (the MLP of the first version of this benchmark);
+weighted F1 on the test split, and F1 of worried and sad (the classes the test
+split has far more of than train). Target: cross-fitted >= frozen + 2 points.
 
-Run: .venv/bin/python benchmarks/finetune_text_quality.py [--out runs/bench_finetune] [--epochs 3]
+Run: .venv/bin/python benchmarks/finetune_text_quality.py [--out runs/bench_finetune] [--epochs 3] [--folds 5]
 """
 
 from __future__ import annotations
@@ -16,42 +24,67 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+CORPORA = {"demo": {"seed": 0, "style": "demo"}, "heldout": {"seed": 101, "style": "heldout"}}
+CLASSIFIERS = ("linear", "unimodal")
+FEATURES = ("frozen", "finetuned", "crossfit")
+SHIFTED = ("worried", "sad")  # per-class F1 every quality table shows
 
-def write_text_manifest(out: Path) -> Path:
+
+def write_text_manifest(out: Path, seed: int, style: str) -> Path:
+    """The train and test transcripts of the 240/240/120 corpus ``mer demo-data`` draws with ``seed`` and ``style``."""
     from mer.corpus.demo import plan_corpus
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["sample_id", "video", "audio", "text", "label", "split"])
-        for spec, split, text in plan_corpus(240, 240, 120, seed=0):
+        for spec, split, text in plan_corpus(240, 240, 120, seed=seed, style=style):
             if split != "unlabeled":
                 w.writerow([spec.sample_id, "", "", text, spec.emotion, split])
     return out / "manifest.csv"
 
 
-def weighted_f1(job, seed: int, out: Path) -> float:
+def test_scores(job, ckpt: Path) -> dict:
+    """Weighted F1 and the F1 of worried and sad of a checkpoint on the test split."""
     from mer.report.metrics import evaluate
-    from mer.train.fit import fit
     from mer.train.predict import predict
 
-    ckpt = fit(job, "unimodal", seed, out)
-    pred = predict(ckpt, job.store, "test")
     truth = pd.read_csv(job.manifest, keep_default_na=False)
-    return evaluate(pred, truth[truth["split"] == "test"], job.labels)["weighted_f1"]
+    metrics = evaluate(predict(ckpt, job.store, "test"), truth[truth["split"] == "test"], job.labels)
+    return {"wf1": metrics["weighted_f1"], **{label: metrics["per_class"][label]["f1"] for label in SHIFTED}}
+
+
+def fit_and_score(job, model: str, seed: int, out: Path) -> dict:
+    from mer.config import with_values
+    from mer.train.fit import fit
+
+    return test_scores(job, fit(with_values(job, {"train.model": model}), model, seed, out))
+
+
+def single_from_crossfit(crossfit_out: Path, single_out: Path) -> None:
+    """The cross-fit's full model alone (its top-level files, no folds, no record): a single fine-tune's export."""
+    from mer.finetune.crossfit import RECORD_FILE
+
+    single_out.mkdir(parents=True, exist_ok=True)
+    for file in crossfit_out.iterdir():
+        if file.is_file() and file.name != RECORD_FILE:
+            shutil.copy2(file, single_out / file.name)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench_finetune")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--corpora", default="demo,heldout")
     args = parser.parse_args()
 
     from mer.config import job_from_dict, with_values
@@ -60,42 +93,57 @@ def main() -> None:
     from mer.runner import ensure_ray
 
     out = Path(args.out).resolve()
-    manifest = write_text_manifest(out / "corpus")
     ensure_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
-    def job(seed: int, model: str | None = None):
+    def job(corpus: str, seed: int, **finetune):
+        root = out / corpus
         return job_from_dict({
-            "name": "bench_finetune", "manifest": str(manifest), "store": str(out / "store"),
-            "run_dir": str(out / f"run_s{seed}"),
-            "encoders": {"text": {"alias": "minilm", "model": model, "seq_len": 8}},
-            "train": {"model": "unimodal", "unimodal_role": "text", "epochs": 30, "use_seq": True},
+            "name": "bench_finetune", "manifest": str(root / "corpus" / "manifest.csv"), "store": str(root / "store"),
+            "run_dir": str(root / f"run_s{seed}"),
+            "encoders": {"text": {"alias": "minilm", "seq_len": 8}},
+            "train": {"unimodal_role": "text", "epochs": 30, "use_seq": True},
             "finetune": {
                 "role": "text", "epochs": args.epochs, "lr": 5e-5, "batch_size": 8, "num_workers": 2, "seed": seed,
-                "max_length": 64, "gradient_checkpointing": False, "out": str(out / f"finetuned_s{seed}"),
-                "deepspeed": {"zero_optimization": {"stage": 2}},
+                "max_length": 64, "gradient_checkpointing": False, "folds": args.folds,
+                "out": str(root / f"crossfit_s{seed}"), "deepspeed": {"zero_optimization": {"stage": 2}}, **finetune,
             },
         })
 
+    corpora = args.corpora.split(",")
+    for corpus in corpora:
+        write_text_manifest(out / corpus / "corpus", **CORPORA[corpus])
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        frozen = job(seed)
-        extract(frozen, roles=["text"])
-        f1_frozen = weighted_f1(frozen, seed, out / f"clf_frozen_s{seed}")
-        tuned = job(seed)
-        start = time.perf_counter()
-        summary = finetune_stage(tuned)  # exports, re-extracts, names the export in job_updates
-        tuned = with_values(tuned, summary["job_updates"])
-        minutes = (time.perf_counter() - start) / 60
-        f1_tuned = weighted_f1(tuned, seed, out / f"clf_tuned_s{seed}")
-        rows.append({"seed": seed, "frozen_wf1": f1_frozen, "finetuned_wf1": f1_tuned,
-                     "finetune_loss_first": summary["losses"][0], "finetune_loss_last": summary["losses"][-1],
-                     "finetune_minutes": round(minutes, 1)})
-        print(json.dumps(rows[-1]), flush=True)
+        for corpus in corpora:
+            frozen = job(corpus, seed)
+            extract(frozen, roles=["text"])  # the same table for every seed: extracted once
+            start = time.perf_counter()
+            summary = finetune_stage(frozen)
+            crossfit = with_values(frozen, summary["job_updates"])
+            minutes = (time.perf_counter() - start) / 60
+            single_out = out / corpus / f"finetuned_s{seed}"
+            single_from_crossfit(Path(summary["out"]), single_out)
+            single = job(corpus, seed, folds=0, out=str(single_out))
+            single_summary = finetune_stage(single)
+            assert single_summary["skipped"], "the full model's fingerprint should match the single fine-tune's"
+            finetuned = with_values(single, single_summary["job_updates"])
+            for model in CLASSIFIERS:
+                row = {"corpus": corpus, "seed": seed, "classifier": model, "crossfit_minutes": round(minutes, 1)}
+                for name, features in (("frozen", frozen), ("finetuned", finetuned), ("crossfit", crossfit)):
+                    scores = fit_and_score(features, model, seed, out / corpus / f"clf_{name}_{model}_s{seed}")
+                    row[name] = scores.pop("wf1")
+                    row.update({f"{name}_{label}": f1 for label, f1 in scores.items()})
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            (out / "results.json").write_text(json.dumps(rows, indent=2))
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
-    print(f"mean weighted F1: frozen {table.frozen_wf1.mean():.4f} +- {table.frozen_wf1.std():.4f}, "
-          f"fine-tuned {table.finetuned_wf1.mean():.4f} +- {table.finetuned_wf1.std():.4f}")
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    for (corpus, model), group in table.groupby(["corpus", "classifier"], sort=False):
+        figures = ", ".join(f"{name} {group[name].mean():.4f} +- {group[name].std():.4f}" for name in FEATURES)
+        gain = 100 * (group["crossfit"].mean() - group["frozen"].mean())
+        print(f"{corpus} / {model} ({len(group)} seeds): weighted F1 {figures}; cross-fitted - frozen = {gain:+.1f} points")
+        for label in SHIFTED:
+            print(f"    F1 {label}: " + ", ".join(f"{name} {group[f'{name}_{label}'].mean():.3f}" for name in FEATURES))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,11 @@ class EncoderSpec:
         trust_remote_code: allow hub code (Baichuan); off unless the job says so.
         max_seconds: audio longer than this is cut (chunks are encoded in turn).
         seq_dtype: ``float32`` or ``float16`` storage for ``seq``.
+        corrupt: a corruption applied to every decoded clip before the model
+            (``white@10``, ``babble@0``, ``blur@3``, ``mix@0:20``; see
+            :mod:`mer.corpus.corrupt`); part of the version, so corrupted
+            features get their own table. Empty = clean.
+        noise_source: the noise recording ``babble`` mixes in (a WAV of other speech).
     """
 
     alias: str
@@ -58,6 +63,8 @@ class EncoderSpec:
     trust_remote_code: bool = False
     max_seconds: float = 30.0
     seq_dtype: str = "float32"
+    corrupt: str = ""
+    noise_source: str = ""
 
 
 @dataclass
@@ -71,8 +78,9 @@ class ExtractConfig:
             Data never starves).
         write_batch: rows buffered before one upsert into the store.
         roles: roles to extract (default: every role in ``encoders``).
-        max_restarts: times a dead encoder actor is restarted (its batches are
-            retried as often; upserts keep the table free of duplicates).
+        max_restarts: times the clips that had not come back are run again in a
+            new Ray Data run after an encoder actor died or a node was lost
+            (upserts keep the table free of duplicates).
     """
 
     num_actors: int = 1
@@ -90,8 +98,8 @@ class TrainConfig:
     Attributes mirror the model and optimiser knobs; ``model`` is built by name
     (``agt``, ``attention``, ``concat``, ``unimodal``, ``linear``). ``linear_c`` is
     the inverse L2 strength of the ``linear`` model's logistic regressions.
-    ``linear_skip`` adds a linear late-fusion shortcut to AGT's logits (see
-    :mod:`mer.models.agt`). ``baseline`` (default ``linear``, null = none) is fitted beside ``model`` by the
+    ``linear_skip`` adds a linear late-fusion shortcut to AGT's logits and
+    ``audio_gate`` a learned audio-reliability gate (see :mod:`mer.models.agt`). ``baseline`` (default ``linear``, null = none) is fitted beside ``model`` by the
     train stage with the same seeds, so every evaluation shows the floor.
     """
 
@@ -118,6 +126,13 @@ class TrainConfig:
     modality_dropout: float = 0.0
     feature_noise: float = 0.0
     label_smoothing: float = 0.0
+    # Robustness to noisy audio (README, "Robustness"): ``audio_augment`` names a corruption
+    # (mer.corpus.corrupt, e.g. mix@0:20) the extract stage applies to copies of the non-test
+    # audio, stored as their own encoder version; each training sample reads its noisy copy
+    # with probability ``augment_p``. ``audio_gate`` gives AGT a learned audio-reliability gate.
+    audio_augment: str = ""
+    augment_p: float = 0.5
+    audio_gate: bool = False
     scheduler: str = "cosine"
     patience: int = 8
     val_fraction: float = 0.15
@@ -230,6 +245,15 @@ class FinetuneConfig:
         seed: seed for the head init, shuffling and frame sampling.
         reextract: after export, point ``encoders.<role>.model`` at the export
             and re-extract that role into a new feature table.
+        folds: cross-fitted fine-tuning (:mod:`mer.finetune.crossfit`): one model
+            per fold of the labeled rows (stratified by label, seeded by ``seed``),
+            each labeled row extracted by the model that did not train on it, so
+            the downstream classifier never reads features fitted to its own
+            training labels. 0 or 1 = one model on every labeled row, which then
+            extracts every row.
+        crossfit_other: which model extracts the rows outside the folds
+            (unlabeled and test): ``full`` = a model fine-tuned on every labeled
+            row, the only choice implemented.
     """
 
     role: str = "text"
@@ -252,6 +276,14 @@ class FinetuneConfig:
     max_steps: int = 0
     seed: int = 0
     reextract: bool = True
+    folds: int = 5
+    crossfit_other: str = "full"
+
+    def __post_init__(self):
+        if self.folds < 0:
+            raise ConfigError(f"finetune.folds: expected a fold count >= 2, or 0 or 1 for one model, got {self.folds}")
+        if self.crossfit_other != "full":
+            raise ConfigError(f"finetune.crossfit_other: only 'full' is implemented, got {self.crossfit_other!r}")
 
 
 @dataclass
@@ -261,7 +293,6 @@ class AblationConfig:
     Attributes:
         fusion_models: fusion models compared supervised-only.
         thresholds: pseudo-label thresholds swept.
-        snr_db: test-audio noise levels (dB SNR); audio removal is always added.
         audio_encoders: alternative audio encoder specs (alias or dict) to compare.
         balanced_manifest: manifest of a balanced test set for the voting question.
         balanced_truth: hidden labels of that corpus's unlabeled split (pseudo-label
@@ -270,10 +301,41 @@ class AblationConfig:
 
     fusion_models: list[str] = field(default_factory=lambda: ["concat", "attention", "agt"])
     thresholds: list[float] = field(default_factory=lambda: [0.8, 0.9, 0.95])
-    snr_db: list[float] = field(default_factory=lambda: [20.0, 10.0, 0.0])
     audio_encoders: list[Any] = field(default_factory=list)
     balanced_manifest: str | None = None
     balanced_truth: str | None = None
+
+
+#: The robustness conditions run by default: every corruption kind of :mod:`mer.corpus.corrupt`.
+DEFAULT_CONDITIONS = [
+    "white@20", "white@10", "white@5", "white@0", "babble@20", "babble@10", "babble@5", "babble@0",
+    "pink@10", "brown@10", "music@10", "hum@10", "reverb@0.8", "clip@0.1", "audio:drop",
+    "blur@4", "dark@0.25", "occlude@0.4", "video:drop", "text:drop",
+]
+
+
+@dataclass
+class RobustnessConfig:
+    """The ``robustness`` stage (:mod:`mer.experiments.robustness`): models scored on corrupted test media.
+
+    Attributes:
+        conditions: ``[role:]kind@level`` per condition (role inferred from the
+            kind: ``babble@10`` is audio, ``blur@4`` video); ``role:drop`` removes
+            the role's features. See :mod:`mer.corpus.corrupt` for the kinds.
+        models: supervised models trained on every role of the job.
+        reference_roles: roles of the "without audio" reference models.
+        reference_models: models trained on ``reference_roles`` only; the best of
+            them is what a fusion model must beat when the audio is gone.
+        final: also score the self-trained final vote (needs the selftrain stage first).
+        babble_talkers: talkers summed into the babble recording (train-split clips).
+    """
+
+    conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
+    models: list[str] = field(default_factory=lambda: ["agt", "attention", "concat", "linear"])
+    reference_roles: list[str] = field(default_factory=lambda: ["video", "text"])
+    reference_models: list[str] = field(default_factory=lambda: ["attention", "concat", "linear"])
+    final: bool = True
+    babble_talkers: int = 6
 
 
 #: Distributions a ``tune.space`` entry may name, with how many numbers each takes.
@@ -343,6 +405,7 @@ class Job:
     selftrain: SelftrainConfig = field(default_factory=SelftrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
@@ -407,6 +470,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
         if key not in names:
             if cls is Job and key == "report":
                 raise ConfigError("'report' (the ablation axes) is now 'ablation'")
+            if cls is AblationConfig and key == "snr_db":
+                raise ConfigError("'ablation.snr_db' is now 'robustness.conditions' (e.g. [white@20, white@10, audio:drop])")
             if cls is TrainConfig and key in EXECUTION_KEYS:
                 raise ConfigError(f"'{full}' moved to 'execution.{key}' (how a fit runs, not part of the recipe)")
             raise ConfigError(f"unknown key '{full}' (known: {', '.join(sorted(names))})")

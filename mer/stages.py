@@ -37,6 +37,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("train", "mer.train.stage:run", needs_ray=True),
     Stage("selftrain", "mer.selftrain.stage:run", needs_ray=True),
     Stage("ablation", "mer.experiments.ablation:run", needs_ray=True),
+    Stage("robustness", "mer.experiments.robustness:run", needs_ray=True),
     Stage("tune", "mer.tune.search:run", needs_ray=True),
     Stage("evaluate", "mer.report.stage:evaluate", needs_ray=False),
     Stage("report", "mer.report.stage:report", needs_ray=False),

@@ -102,3 +102,13 @@ def test_a_ray_train_controller_error_is_retried_under_the_same_run_name(monkeyp
     never = job_from_dict({"name": "r", "manifest": "m.csv", "execution": {"max_failures": 0}})
     with pytest.raises(ray.train.ControllerError):
         fit_module.train_one(never, {}, tmp_path, "agt_s0_abc")
+
+
+def test_robust_cv_scores_each_fold_clean_and_without_audio(data):
+    from mer.train.crossval import robust_cross_validate
+
+    cfg = TrainConfig(hidden=32, epochs=15, batch_size=32)
+    scores = robust_cross_validate(data, LABELS, cfg, "concat", 0, 3)
+    assert set(scores) == {"clean", "no_audio"}  # no noisy copies in this store: no noisy score
+    assert scores["clean"] == cross_validate(data, LABELS, cfg, "concat", seed=0, folds=3)[0]["weighted_f1"]
+    assert scores["no_audio"] < scores["clean"] - 0.05  # the audio carries signal, and the view removes it

@@ -71,6 +71,7 @@ def text_manifest(tmp_path_factory):
 
 
 def text_job(tmp_path, manifest, model, zero: dict, **finetune):
+    """A text fine-tuning job; one model (``folds: 0``) unless ``finetune`` says otherwise."""
     return job_from_dict({
         "name": "ft", "manifest": str(manifest), "store": str(tmp_path / "store"), "run_dir": str(tmp_path / "run"),
         "labels": LABELS,
@@ -78,7 +79,7 @@ def text_job(tmp_path, manifest, model, zero: dict, **finetune):
         "stages": ["finetune"],
         "finetune": {
             "role": "text", "epochs": 4, "lr": 3e-3, "batch_size": 4, "num_workers": 2, "max_length": 24,
-            "deepspeed": {"zero_optimization": zero}, **finetune,
+            "deepspeed": {"zero_optimization": zero}, "folds": 0, **finetune,
         },
     })
 
@@ -393,7 +394,7 @@ def test_clip_finetune_export_and_reextract(tmp_path, ray_local, tiny_clip):
         "run_dir": str(tmp_path / "run"), "labels": LABELS,
         "encoders": {"video": {"alias": "hf_clip", "model": str(tiny_clip), "num_frames": 2, "seq_len": 2}},
         "stages": ["finetune"],
-        "finetune": {"role": "video", "epochs": 3, "lr": 3e-3, "batch_size": 2, "num_workers": 2,
+        "finetune": {"role": "video", "epochs": 3, "lr": 3e-3, "batch_size": 2, "num_workers": 2, "folds": 0,
                      "deepspeed": {"zero_optimization": {"stage": 2}}},
     })
     base_version = encoder_version(job.encoders["video"])
@@ -406,3 +407,187 @@ def test_clip_finetune_export_and_reextract(tmp_path, ray_local, tiny_clip):
     torch.testing.assert_close(tuned.text_projection.weight, base.text_projection.weight)  # rest of CLIP kept
     after = summary["extract"]["video"]
     assert after["version"] != base_version and after["written"] == 8 and after["failed"] == 0
+
+
+# --- cross-fitted fine-tuning ----------------------------------------------------
+def test_assign_folds_stratified_seeded_and_role_free():
+    from mer.finetune.crossfit import assign_folds
+
+    labels = np.repeat(np.arange(6), [10, 7, 5, 3, 2, 1])  # a shifted prior: rare classes below the fold count
+    fold = assign_folds(labels, 5, seed=0)
+    assert sorted(np.bincount(fold)) == [5, 5, 6, 6, 6]
+    for label in range(6):  # stratified: each class spread as evenly as it can be
+        counts = np.bincount(fold[labels == label], minlength=5)
+        assert counts.max() - counts.min() <= 1, (label, counts)
+    np.testing.assert_array_equal(fold, assign_folds(labels, 5, seed=0))  # deterministic
+    assert not np.array_equal(fold, assign_folds(labels, 5, seed=1))  # seeded
+    with pytest.raises(MerError, match="finetune.folds=5: only 4 labeled rows"):
+        assign_folds(labels[:4], 5, seed=0)
+
+
+def test_crossfit_config_values():
+    assert FinetuneConfig().folds == 5 and FinetuneConfig().crossfit_other == "full"
+    with pytest.raises(ConfigError, match="finetune.folds: expected a fold count >= 2"):
+        job_from_dict({"name": "x", "manifest": "m.csv", "finetune": {"folds": -1}})
+    with pytest.raises(ConfigError, match="finetune.crossfit_other: only 'full'"):
+        job_from_dict({"name": "x", "manifest": "m.csv", "finetune": {"crossfit_other": "average"}})
+
+
+def test_crossfit_pseudo_rows_go_into_folds(tmp_path, text_manifest, tiny_llama, monkeypatch):
+    """Accepted pseudo-labels are fold rows like train rows: extracted by a fold model that did not train on them."""
+    from mer.finetune import crossfit as cf
+    from mer.store import open_store
+
+    job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 2}, folds=3, pseudo_labels="st1")
+    open_store(job.store).write_pseudo_labels(pd.DataFrame({
+        "sample_id": ["unlabeled_00", "unlabeled_01"], "run_id": "st1", "round": 0, "label": ["sad", "happy"],
+        "confidence": 0.95,
+    }))
+    trained = []
+
+    def fake_finetune(job, examples, out, name, worker_loop):  # what each model would train on, no training
+        out.mkdir(parents=True, exist_ok=True)
+        trained.append((name, set(examples["sample_id"])))
+        return {"out": str(out), "skipped": True, "examples": len(examples)}
+
+    monkeypatch.setattr(cf, "finetune", fake_finetune)
+    record = cf.read_record(cf.crossfit(job, echo=lambda line: None)["out"])
+    assert trained[0] == ("finetune_text", set(record["full"]["train_ids"])) and len(trained[0][1]) == 26
+    assert trained[1:] == [(f"finetune_text_fold{k}", set(fold["train_ids"])) for k, fold in enumerate(record["folds"])]
+    ids = ["train_00", "unlabeled_00", "unlabeled_01", "unlabeled_02", "test_00"]
+    who = cf.extractors(record, ids)
+    assert who["unlabeled_00"].startswith("folds/") and who["unlabeled_01"].startswith("folds/")
+    assert who["unlabeled_02"] == who["test_00"] == cf.FULL  # no pseudo-label: the full model's
+    for sid, path in who.items():
+        assert sid not in cf.training_ids(record, path), (sid, path)
+
+
+def killed_marker(fingerprint: str):
+    """Left by :func:`dying_on_fold1` when it kills a worker (one kill per training set)."""
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.gettempdir()) / f"mer_test_killed_{fingerprint}"
+
+
+def dying_on_fold1(cfg: dict) -> None:
+    """``train_loop_per_worker``, but the rank-0 worker of fold 1's run exits after its first epoch, once,
+    like a lost machine; Ray Train (``FailureConfig``) restarts the run.
+    """
+    import ray.train
+
+    from mer.finetune.loop import train_loop_per_worker
+
+    ctx = ray.train.get_context()
+    marker = killed_marker(cfg["fingerprint"])
+    if ctx.get_experiment_name().endswith("_fold1") and ctx.get_world_rank() == 0 and not marker.exists():
+        def report_or_die(*args, **kwargs):  # the loop reports after each epoch but the last
+            marker.touch()
+            os._exit(1)
+
+        ray.train.report = report_or_die
+    train_loop_per_worker(cfg)
+
+
+@pytest.fixture(scope="module")
+def crossfit_run(tmp_path_factory, ray_local, text_manifest, tiny_llama):
+    """One cross-fitted run (2 folds, ZeRO-2, 2 epochs) whose fold-1 worker is killed once."""
+    from mer.finetune.stage import run as finetune_stage
+
+    job = text_job(tmp_path_factory.mktemp("crossfit"), text_manifest, tiny_llama, {"stage": 2}, folds=2, epochs=2)
+    lines = []
+    summary = finetune_stage(job, lines.append, worker_loop=dying_on_fold1)
+    return job, summary, lines
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_crossfit_no_train_row_read_from_a_model_that_trained_on_it(crossfit_run):
+    from pathlib import Path
+
+    from mer.config import with_values
+    from mer.encoders import build_encoder, encoder_version
+    from mer.finetune.crossfit import FULL, extractors, read_record, training_ids
+    from mer.store import open_store
+
+    job, summary, _ = crossfit_run
+    out = Path(summary["out"])
+    record = read_record(out)
+    after = summary["extract"]["text"]
+    stored = open_store(job.store).read("hf_text", after["version"])
+    assert len(stored) == 36 and after["failed"] == 0
+    assert after["by_model"] == {"folds/0": 12, "folds/1": 12, FULL: 12}
+
+    who = extractors(record, stored.ids)
+    for sid, path in who.items():
+        assert sid not in training_ids(record, path), (sid, path)
+    train = stored.split == "train"
+    assert set(who[train]) == {"folds/0", "folds/1"} and set(who[~train]) == {FULL}
+    held = [set(fold["extracted"]) for fold in record["folds"]]
+    assert held[0] | held[1] == set(stored.ids[train]) and not held[0] & held[1]
+    labels = pd.read_csv(job.manifest).set_index("sample_id")["label"]
+    for ids in held:  # stratified: 4 rows per label -> 2 per label and fold
+        assert labels[sorted(ids)].value_counts().tolist() == [2] * 6
+
+    # The record is what happened: each stored vector is its recorded model's, and not the others'.
+    rows = pd.read_csv(job.manifest, keep_default_na=False).set_index("sample_id")
+    vectors = dict(zip(stored.ids, stored.vector))
+    for path in ("folds/0", "folds/1", FULL):
+        sid = next(s for s, p in who.items() if p == path)
+        for model in ("folds/0", "folds/1", FULL):
+            encoder = build_encoder(with_values(job, {"encoders.text.model": str(out / model)}).encoders["text"])
+            vector = encoder.encode([encoder.prepare(rows.loc[sid].to_dict())])[0][0]
+            assert np.allclose(vector, vectors[sid], atol=1e-5) == (model == path), (sid, path, model)
+
+    # a new encoder version: neither the frozen model's nor that of the full model alone (= a single fine-tune)
+    single = out.parent / "single"
+    single.mkdir()
+    for file in out.iterdir():
+        if file.is_file() and file.name != "crossfit.json":
+            (single / file.name).write_bytes(file.read_bytes())
+    versions = {after["version"], encoder_version(job.encoders["text"]),
+                encoder_version(with_values(job, {"encoders.text.model": str(single)}).encoders["text"])}
+    assert len(versions) == 3
+    assert summary["job_updates"] == {"encoders.text.model": str(out)}
+    assert after["version"] == encoder_version(with_values(job, summary["job_updates"]).encoders["text"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_crossfit_rerun_skips_finished_folds(crossfit_run):
+    from mer.finetune.stage import run as finetune_stage
+    from mer.store import open_store
+
+    job, first, first_lines = crossfit_run
+    store = open_store(job.store)
+    table_version = store.read("hf_text", first["extract"]["text"]["version"]).table_version
+    lines = []
+    again = finetune_stage(job, lines.append)  # the plain loop: it would not die, but must not even run
+    assert again["skipped"] and again["full"]["skipped"] and all(f["skipped"] for f in again["fold_models"])
+    assert [f["losses"] for f in again["fold_models"]] == [f["losses"] for f in first["fold_models"]]
+    assert again["extract"]["text"]["version"] == first["extract"]["text"]["version"]
+    assert again["extract"]["text"]["written"] == 0 and again["extract"]["text"]["skipped"] == 36
+    assert store.read("hf_text", again["extract"]["text"]["version"]).table_version == table_version
+    # progress: one line per model when training, one per model when extracting
+    assert [line.split(":")[0].strip() for line in first_lines[:3]] == ["full model", "fold 1/2", "fold 2/2"]
+    assert all("finished before, skipped" in line for line in lines[:3])
+    assert [line.rsplit("[", 1)[1] for line in lines[3:]] == ["fold 1/2 model]", "fold 2/2 model]", "full model]"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_crossfit_killed_fold_worker_resumes(crossfit_run):
+    from pathlib import Path
+
+    from mer.finetune.model import META_FILE
+
+    _, summary, _ = crossfit_run
+    out = Path(summary["out"])
+    fingerprints = [json.loads((out / p / META_FILE).read_text())["fingerprint"] for p in ("folds/0", "folds/1", ".")]
+    assert killed_marker(fingerprints[1]).exists()  # the fault fired: fold 1's rank 0 died after epoch 1
+    assert not killed_marker(fingerprints[0]).exists() and not killed_marker(fingerprints[2]).exists()
+    killed = summary["fold_models"][1]
+    # Ray Train restarted the run and it trained to the end: 2 epochs x 2 steps (12 rows, 2 workers x 4)
+    assert not killed["skipped"] and len(killed["losses"]) == 4 and killed["step"] == 4
+    assert killed["export_max_abs_diff"] < 1e-5
+    killed_marker(fingerprints[1]).unlink()

@@ -67,6 +67,12 @@ def run_dir(tmp_path):
         "notes": ["balance: not run"],
     }
     (tmp_path / "ablation.json").write_text(json.dumps(ablation))
+    cells = lambda agt, ref: {"agt": {"waf": agt, "f1_worried": [0.5, 0.7], "f1_sad": [0.4, 0.4]},  # noqa: E731
+                              "video+text: linear": {"waf": ref, "f1_worried": [0.5], "f1_sad": [0.5]}}
+    robustness = {"name": "demo", "seeds": [0, 1], "recipe": {"modality_dropout": 0.3},
+                  "conditions": [{"condition": "clean", "role": None, "cells": cells([0.8, 0.9], [0.6, 0.6])},
+                                 {"condition": "no audio", "role": "audio", "cells": cells([0.5, 0.5], [0.6, 0.6])}]}
+    (tmp_path / "robustness.json").write_text(json.dumps(robustness))
     return tmp_path
 
 
@@ -89,7 +95,8 @@ def test_report_sections_tables_and_plots(run_dir):
         "## Ablations",
         "### Fusion (supervised only)",
         "### Pseudo-label threshold sweep",
-        "### Audio corruption at test time",
+        "### Corrupted test media (robustness.conditions)",
+        "## Robustness: corrupted test media",
         "## Plots",
     ):
         assert section in md, section
@@ -98,6 +105,9 @@ def test_report_sections_tables_and_plots(run_dir):
     assert "| agt | 62.00 +- 2.83 |" in md
     assert "| tau = 0.8 | 60.00 +- 0.00 | 40.0 | 70.00 |" in md
     assert "+10.00 WAF points" in md
+    # robustness: per condition and model, share of clean, best model per condition
+    assert "| no audio | 50.00 +- 0.00 | 60.00 +- 0.00 |" in md and "| no audio | 59 % | 100 % |" in md
+    assert "clean: agt (85.0); no audio: video+text: linear (60.0)" in md and "modality_dropout 0.3" in md
     assert "(not run)" in md
     for png in ("waf_per_round.png", "pseudo_labels_per_round.png", "confusion_supervised.png", "confusion_selftrain.png"):
         assert (run_dir / png).stat().st_size > 1000

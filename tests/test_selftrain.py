@@ -48,7 +48,7 @@ def fake_training(monkeypatch):
         (out / "config.json").write_text(json.dumps({"model": model, "seed": seed, "cv": {"weighted_f1": CV[model]}}))
         return out
 
-    def predict(checkpoint, store, split):
+    def predict(checkpoint, store, split, swap=None, reads=None):
         model = json.loads((Path(checkpoint) / "config.json").read_text())["model"]
         if split == "test":
             return _probs(model, TEST, 0.8)
@@ -238,14 +238,18 @@ def test_ablation_cells_feed_the_report(job, fake_training, monkeypatch):
     from mer.report.report import build_report
     from mer.experiments import ablation
 
+    from mer.encoders import FeatureRef
+    from mer.experiments import robustness
+
     extracted = []
-    monkeypatch.setattr("mer.extract.stage.run", lambda j, echo=print: extracted.append(j.store) or {})
-    monkeypatch.setattr(ablation, "corrupted_job", lambda j, name, snr: ablation.variant(j, name, store=f"{j.store}_{name}"))
-    monkeypatch.setattr(ablation, "_empty_audio_table", lambda j, store: None)
-    job = job_from_dict({**_as_dict(job), "ablation": {"fusion_models": ["attention", "agt"], "thresholds": [0.9, 0.99], "snr_db": [10]}})
+    monkeypatch.setattr(robustness, "corrupted_features",
+                        lambda j, role, c, echo: extracted.append(f"{role} {c}") or FeatureRef(role, "x", str(c)))
+    job = job_from_dict({**_as_dict(job), "ablation": {"fusion_models": ["attention", "agt"], "thresholds": [0.9, 0.99]},
+                         "robustness": {"conditions": ["white@10", "audio:drop"]},
+                         "encoders": {"audio": {"alias": "logmel"}, "text": {"alias": "minilm"}}})
     summary = ablation.run(job, echo=lambda _: None)
     assert summary["axes"] == {"fusion": 3, "voting": 4, "threshold": 2, "balance": 0, "corruption": 6}
-    assert extracted == [f"{job.store}_snr10db", f"{job.store}_no_audio"]
+    assert extracted == ["audio white@10", "audio drop"]
     result = json.loads((Path(job.run_dir) / "ablation.json").read_text())
     cells = {c["variant"]: c for c in result["axes"]["threshold"]}
     # tau 0.99: no model is that confident, nothing is added

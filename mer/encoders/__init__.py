@@ -89,6 +89,13 @@ def feature_ref(role: str, spec: EncoderSpec) -> FeatureRef:
     return FeatureRef(role, cls.alias, cls.compute_version(spec))
 
 
+def augment_spec(job) -> EncoderSpec:
+    """The audio spec of ``train.audio_augment``'s noisy training copies (the extract stage writes them)."""
+    import dataclasses
+
+    return dataclasses.replace(job.encoders["audio"], corrupt=job.train.audio_augment, noise_source="")
+
+
 def feature_refs(encoders: dict[str, EncoderSpec]) -> dict[str, FeatureRef]:
     """Role -> :class:`FeatureRef` for a job's ``encoders``."""
     return {role: feature_ref(role, spec) for role, spec in encoders.items()}
@@ -96,6 +103,7 @@ def feature_refs(encoders: dict[str, EncoderSpec]) -> dict[str, FeatureRef]:
 
 __all__ = [
     "KNOWN_ENCODERS",
+    "augment_spec",
     "Encoder",
     "FeatureRef",
     "UnknownEncoderError",

@@ -7,6 +7,10 @@ that a pipeline can put them on different workers:
 * ``prepare(row)`` decodes media on a CPU (PyAV, face crops); it needs no model.
 * ``encode(batch)`` runs the model on prepared payloads (on a GPU when there is one).
 
+``decode(row)`` is ``prepare`` plus the spec's corruption (``spec.corrupt``,
+:mod:`mer.corpus.corrupt`): the extract stage calls it, so one job can write
+clean, noisy or augmented features of the same encoder, each its own version.
+
 The model is loaded by ``ensure_loaded`` (or the first ``encode``), so building an encoder to read
 its ``alias``/``dim``/``version`` or to ``prepare`` rows costs no weights load.
 No Ray here.
@@ -14,6 +18,7 @@ No Ray here.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -58,6 +63,7 @@ class Encoder:
         self.device = device
         self.model_name = self.resolve_model(spec)
         self.version = self.compute_version(spec)
+        self.corruption = self.parse_corruption(spec)
         self._loaded = False
 
     # --- interface -----------------------------------------------------------
@@ -74,6 +80,36 @@ class Encoder:
         """Embed prepared payloads: one ``(vector (D,), seq (L<=seq_len, D) | None)`` each."""
         self.ensure_loaded()
         return self._encode(batch)
+
+    def decode(self, row: dict) -> Any:
+        """``prepare(row)``, then the spec's corruption with the clip's own random draw."""
+        payload = self.prepare(row)
+        if self.corruption is None:
+            return payload
+        from mer.corpus import corrupt
+
+        rng = corrupt.rng_for(row.get("sample_id", ""), self.corruption)
+        if self.role == "audio":
+            return corrupt.corrupt_audio(payload, self.corruption, rng, self.spec.noise_source or None)
+        if hasattr(payload, "frames"):  # a VideoClip
+            return dataclasses.replace(payload, frames=corrupt.corrupt_frames(payload.frames, self.corruption, rng))
+        return corrupt.corrupt_frames(payload, self.corruption, rng)
+
+    @classmethod
+    def parse_corruption(cls, spec: EncoderSpec):
+        """The spec's :class:`~mer.corpus.corrupt.Corruption`, checked against the role (None = clean)."""
+        if not spec.corrupt:
+            return None
+        from mer.corpus.corrupt import CorruptionError, parse
+
+        corruption = parse(spec.corrupt)
+        if corruption.kind == "drop":
+            raise CorruptionError(f"encoders.{cls.role}.corrupt: drop extracts nothing; the robustness runner "
+                                  "writes an empty table for a dropped modality instead")
+        if corruption.role != cls.role:
+            raise CorruptionError(f"encoders.{cls.role}.corrupt: {spec.corrupt!r} is a {corruption.role} corruption, "
+                                  f"{cls.alias} encodes {cls.role or 'another role'}")
+        return corruption
 
     def ensure_loaded(self) -> None:
         """Load the weights now if not yet (an actor does it while the first clips decode)."""
@@ -109,6 +145,9 @@ class Encoder:
             "spec": fields,
             "weights": cls.weights_fingerprint(spec),
         }
+        if spec.corrupt:  # only then: clean versions stay what they were
+            payload["corrupt"] = spec.corrupt
+            payload["noise"] = file_digest(spec.noise_source) if spec.noise_source else ""
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -193,6 +232,15 @@ def weights_fingerprint(model: str) -> str:
                 fh.seek(max(0, size - _SAMPLE_BYTES) * k // max(1, _SAMPLES_PER_FILE - 1))
                 digest.update(fh.read(_SAMPLE_BYTES))
     return "dir:" + digest.hexdigest()[:16]
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a whole (small) file, e.g. a noise recording, 16 hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _hub_revision(name: str) -> str:

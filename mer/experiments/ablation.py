@@ -18,12 +18,10 @@ Axes (``ablation`` section of the job):
   with a balanced test split, e.g. ``mer demo-data --balanced-test``), extracted
   into its own store ``<store>_balanced`` because demo sample ids repeat; its
   hidden labels are ``ablation.balanced_truth``, never the main corpus' ``truth``.
-* ``corruption``: the supervised fusion models evaluated on the test split with
-  white noise at ``ablation.snr_db`` dB SNR and with the audio removed. The
-  corrupted test audio is written as WAV files beside a test-only manifest and
-  extracted into its own store ``<store>_<condition>`` with the *same* encoder
-  specs, so the feature tables have the same names and the trained checkpoints
-  read them unchanged; "audio removed" extracts no audio role at all.
+* ``corruption``: the supervised fusion models on the test split under each of
+  ``robustness.conditions`` (noise kinds and SNRs, reverb, clipping, blur, low
+  light, occlusion, a dropped modality), through :mod:`mer.experiments.robustness`:
+  corrupted features are their own encoder version in the same store.
 * ``audio_encoder``: ``ablation.audio_encoders`` swapped in for ``encoders.audio``
   (a new feature table each), supervised AGT and audio-only model.
 """
@@ -34,22 +32,16 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from mer.config import EncoderSpec, Job, with_values
 from mer.selftrain.rounds import run_rounds, score, seed_cell, split_truth
 from mer.train.cache import fit_many, fits_dir_of, predict_cached
-
-NOISE_SEED = 1234
-
 
 def variant(job: Job, name: str, **values) -> Job:
     """The job with dotted keys replaced (``**{"selftrain.voting": "majority"}``), run in ``run_dir/ablation/<name>``."""
     return with_values(job, {**values, "run_dir": str(Path(job.run_dir) / "ablation" / name)})
 
 
-def supervised_cells(job: Job, models: list[str], fits_dir: Path, store: str | None = None) -> dict[str, dict]:
+def supervised_cells(job: Job, models: list[str], fits_dir: Path) -> dict[str, dict]:
     """Per-seed test metrics of models trained on the labeled split only."""
     truth = split_truth(job, "test")
     ckpts = fit_many(job, [(m, s) for m in models for s in job.train.seeds], fits_dir=fits_dir)
@@ -58,16 +50,9 @@ def supervised_cells(job: Job, models: list[str], fits_dir: Path, store: str | N
         scores = []
         for seed in job.train.seeds:
             ckpt = ckpts[(model, seed)]
-            pred = predict_cached(ckpt, job.store, "test") if store is None else _predict_uncached(ckpt, store)
-            scores.append(score(pred, truth, job.labels))
+            scores.append(score(predict_cached(ckpt, job.store, "test"), truth, job.labels))
         out[model] = seed_cell(scores)
     return out
-
-
-def _predict_uncached(checkpoint: Path, store: str) -> pd.DataFrame:
-    from mer.train.predict import predict
-
-    return predict(checkpoint, store, "test")
 
 
 def selftrain_cell(summary: dict) -> dict:
@@ -95,69 +80,12 @@ def voting_cells(job: Job, fits_dir: Path, tag: str, echo) -> list[dict]:
     return cells
 
 
-def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """White noise at ``snr_db`` dB SNR relative to the clip's own power."""
-    power = float(np.mean(wave.astype(np.float64) ** 2)) or 1e-12
-    noise = rng.standard_normal(wave.shape) * np.sqrt(power / 10 ** (snr_db / 10))
-    return np.clip(wave + noise, -1.0, 1.0).astype(np.float32)
-
-
-def corrupted_job(job: Job, condition: str, snr_db: float | None) -> Job:
-    """A test-only job whose audio is noisy (``snr_db``) or absent (None), in its own store."""
-    from scipy.io import wavfile
-
-    from mer.corpus.manifest import read_manifest
-    from mer.corpus.media import load_audio
-    from mer.encoders.base import audio_path
-
-    out = Path(job.run_dir) / "ablation" / f"corrupt_{condition}"
-    media = out / "media"
-    media.mkdir(parents=True, exist_ok=True)
-    test = read_manifest(job.manifest)
-    test = test[test["split"] == "test"].copy()
-    if snr_db is not None:
-        rng = np.random.default_rng(NOISE_SEED)
-        paths = []
-        for row in test.to_dict("records"):
-            path = media / f"{row['sample_id']}.wav"
-            if not path.exists():
-                wavfile.write(path, 16000, add_noise(load_audio(audio_path(row), sr=16000), snr_db, rng))
-            paths.append(str(path.resolve()))
-        test["audio"] = paths
-    test.to_csv(out / "manifest.csv", index=False)
-    roles = [r for r in job.encoders if snr_db is not None or r != "audio"]
-    return with_values(job, {"manifest": str(out / "manifest.csv"), "store": str(job.store).rstrip("/") + "_" + condition,
-                             "run_dir": str(out), "extract.roles": roles})
-
-
-def _empty_audio_table(job: Job, store_uri: str) -> None:
-    """An audio table with the trained-on name and schema but no rows: every test clip lacks audio."""
-    from mer.encoders import feature_ref
-    from mer.store import open_store
-
-    name = feature_ref("audio", job.encoders["audio"]).table
-    open_store(store_uri).create_empty_like(name, open_store(job.store))
-
-
 def corruption_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
-    """Supervised AGT vs attention on clean, noisy and audio-less test features."""
-    from mer.extract.stage import run as extract
+    """The fusion models on clean and corrupted test media (``robustness.conditions``)."""
+    from mer.experiments.robustness import table
 
-    models = [m for m in ("agt", "attention") if m in job.ablation.fusion_models] or job.ablation.fusion_models[:2]
-    conditions = [("clean", None)] + [(f"snr{s:g}db", s) for s in job.ablation.snr_db] + [("no_audio", None)]
-    cells = []
-    for name, snr in conditions:
-        store = None
-        if name != "clean":
-            cjob = corrupted_job(job, name, snr)
-            echo(f"   ablation: extract corrupted test split '{name}' -> {cjob.store}")
-            extract(cjob, echo)
-            if snr is None:
-                _empty_audio_table(job, cjob.store)
-            store = cjob.store
-        for model, cell in supervised_cells(job, models, fits_dir, store=store).items():
-            cells.append({"variant": f"{model}, {name.replace('_', ' ')}", **cell})
-    return cells
+    rows = table(job, job.ablation.fusion_models, fits_dir, echo, with_reference=False, with_final=False)
+    return [{"variant": f"{model}, {row['condition']}", **cell} for row in rows for model, cell in row["cells"].items()]
 
 
 def spec_label(spec: dict) -> str:
@@ -221,7 +149,7 @@ def run(job: Job, echo=print) -> dict:
     else:
         notes.append("balance: set ablation.balanced_manifest (mer demo-data OUT --balanced-test) to run it")
 
-    echo("   ablation: audio corruption")
+    echo("   ablation: corrupted test media")
     axes["corruption"] = corruption_cells(job, fits_dir, echo)
 
     if rep.audio_encoders:

@@ -20,6 +20,7 @@ the rest. Memory is bounded by Ray Data's streaming backpressure plus one
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from mer.config import EncoderSpec, ExtractConfig
 from mer.encoders import build_encoder, feature_ref
 from mer.extract.workers import EncodeActor, decode_batch
 from mer.store import open_store
+from mer.store.schema import table_name
 
 MANIFEST_COLUMNS = ["sample_id", "split", "label", "video", "audio", "text"]
 
@@ -84,8 +86,47 @@ def plan_resources(cfg: ExtractConfig, resources: dict | None = None) -> Plan:
     return Plan(actors=actors, actor_gpus=actor_gpus, actor_cpus=actor_cpus, decode_cpus=decode, threads=threads)
 
 
-def build_dataset(rows: pd.DataFrame, spec: EncoderSpec, plan: Plan, max_restarts: int):
-    """The lazy Ray Data pipeline: manifest rows -> decode tasks -> encoder actors."""
+def _answer() -> bool:
+    return True
+
+
+def live_resources(timeout_s: float = 30.0) -> dict:
+    """Summed resources of the nodes whose raylet runs a task now.
+
+    After a node is lost the GCS lists it as alive until its health checks time
+    out (tens of seconds). A plan made from ``ray.cluster_resources()`` in that
+    window counts the lost GPUs, and Ray Data then waits forever for an actor
+    that cannot start. A zero-CPU task pinned to each listed node answers only
+    where the node still runs; a node that does not answer within
+    ``timeout_s`` is left out of the plan (at worst the pool is smaller).
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_answer)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+            for n in nodes]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    total: Counter = Counter()
+    for node, ref in zip(nodes, refs):
+        if ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError:  # the node died while it was asked
+                continue
+            total.update(node["Resources"])
+    return dict(total)
+
+
+def build_dataset(rows: pd.DataFrame, spec: EncoderSpec, plan: Plan):
+    """The lazy Ray Data pipeline: manifest rows -> decode tasks -> encoder actors.
+
+    Encoder actors are not restarted by Ray (``max_restarts=0``): a restarted
+    actor waits for the GPU it had, and when a node is lost that GPU never
+    comes back, so Ray Data would wait on its batches forever. A dead actor
+    fails the run instead, and ``extract_rows`` runs what had not come back in
+    a new one, planned for the cluster that is left.
+    """
     spec_json = json.dumps(dataclasses.asdict(spec))
     per_block = max(1, spec.batch_size)
     # Missing values travel as "" so every block has string columns: a block whose
@@ -101,9 +142,8 @@ def build_dataset(rows: pd.DataFrame, spec: EncoderSpec, plan: Plan, max_restart
         num_cpus=plan.decode_cpus,
     )
     with warnings.catch_warnings():
-        # Ray 2.60 flags max_restarts/max_task_retries as deprecated kwargs but has no
-        # named parameter for them yet; Ray Data's own default (-1) would retry a
-        # sample that kills its actor forever, so we keep a bound.
+        # Ray 2.60 flags max_restarts as a deprecated kwarg but has no named
+        # parameter for it yet; Ray Data's own default (-1) restarts forever.
         warnings.simplefilter("ignore", RayDeprecationWarning)
         return ds.map_batches(
             EncodeActor,
@@ -113,8 +153,7 @@ def build_dataset(rows: pd.DataFrame, spec: EncoderSpec, plan: Plan, max_restart
             batch_format="numpy",
             num_cpus=plan.actor_cpus,
             num_gpus=plan.actor_gpus or None,
-            max_restarts=max_restarts,
-            max_task_retries=max_restarts,
+            max_restarts=0,
         )
 
 
@@ -125,13 +164,15 @@ def extract_rows(
     cfg: ExtractConfig,
     on_failed: Callable[[list[dict]], None] = lambda failed: None,
     progress: bool = True,
+    version: str | None = None,
 ) -> dict:
     """Extract one encoder's features for ``rows`` into the store (resumable, idempotent).
 
-    Ray restarts a dead actor and retries its batches (``cfg.max_restarts``);
-    a failure beyond that (a lost node whose actor stays unreachable) ends the
-    Ray Data run, and the clips that had not come back are run again in a new
-    one, planned for the cluster that is left, up to ``cfg.max_restarts`` times.
+    Ray retries lost decode tasks itself; a dead encoder actor (a crash, or a
+    lost node) ends the Ray Data run, and the clips that had not come back are
+    run again in a new one, planned for the cluster that is left, up to
+    ``cfg.max_restarts`` times. What did come back is kept (upserts: nothing is
+    stored twice).
 
     Args:
         rows: manifest rows (``sample_id, split, label, video, audio, text``).
@@ -140,6 +181,9 @@ def extract_rows(
         cfg: extraction settings (actors, GPUs, write batch, restarts).
         on_failed: called with ``[{sample_id, reason}]`` for samples that failed.
         progress: show a progress bar with samples/s and ETA.
+        version: write into this encoder version's table instead of ``spec``'s own
+            (cross-fitted fine-tuning: a fold model's features go into the
+            cross-fitted table, :mod:`mer.finetune.crossfit`).
 
     Returns:
         ``{table, encoder, version, written, skipped, failed, no_face_frames,
@@ -148,12 +192,12 @@ def extract_rows(
     """
     encoder = build_encoder(spec)
     ref = feature_ref(encoder.role or "", spec)
-    alias, version = ref.alias, ref.version
+    alias, version = ref.alias, version or ref.version
     store = open_store(store_uri)
     done = store.existing_ids(alias, version)
     todo = rows[~rows["sample_id"].isin(done)]
     summary = {
-        "table": ref.table,
+        "table": table_name(alias, version),
         "encoder": alias,
         "version": version,
         "written": 0,
@@ -181,9 +225,15 @@ def extract_rows(
     pending = todo
     with tqdm(total=len(todo), desc=f"extract {alias}", unit="clip", disable=not progress) as bar:
         for attempt in range(cfg.max_restarts + 1):
-            plan = plan_resources(cfg)  # again after a loss: the cluster may have shrunk
+            if attempt:
+                # Ray Data ends a failed run without ray.kill: its actors (and the GPUs
+                # they hold) go when their handles are collected, and the failed run's
+                # traceback holds them in a reference cycle.
+                gc.collect()
+            # After a failure, plan for the nodes that still answer: the cluster may have shrunk.
+            plan = plan_resources(cfg, live_resources() if attempt else None)
             try:
-                for batch in build_dataset(pending, spec, plan, cfg.max_restarts).iter_batches(
+                for batch in build_dataset(pending, spec, plan).iter_batches(
                         batch_size=None, batch_format="numpy"):
                     if first is None:
                         first = (time.perf_counter() - start, len(batch["sample_id"]))
@@ -194,7 +244,7 @@ def extract_rows(
                     bar.update(len(batch["sample_id"]))
                 break
             except ray.exceptions.RayError as exc:
-                # A lost node or actor that Ray's own retries did not cover: keep what came back, run the rest again.
+                # A dead actor or a lost node: keep what came back, run the rest again.
                 flush()
                 pending = pending[~pending["sample_id"].astype(str).isin(returned)]
                 if attempt == cfg.max_restarts or pending.empty:

@@ -56,7 +56,7 @@ def _error(stage: str, exc: BaseException) -> str:
 
 
 def decode_batch(batch: dict, spec_json: str) -> dict:
-    """Ray Data task: decode each manifest row of ``batch`` with the encoder's ``prepare``.
+    """Ray Data task: decode each manifest row of ``batch`` with the encoder's ``decode`` (prepare + corruption).
 
     Args:
         batch: numpy batch with ``sample_id, split, label, video, audio, text``.
@@ -72,7 +72,7 @@ def decode_batch(batch: dict, spec_json: str) -> dict:
     for i in range(n):
         row = {k: (v[i] if isinstance(v[i], str) and v[i] else None) for k, v in batch.items()}
         try:
-            payload = encoder.prepare(row)
+            payload = encoder.decode(row)
             payloads.append(pickle.dumps(payload, protocol=5))
             errors.append("")
             no_face.append(int(getattr(payload, "no_face", 0)))

@@ -2,8 +2,12 @@
 
 ``ScalingConfig(num_workers=finetune.num_workers, use_gpu=finetune.use_gpu)``:
 one DeepSpeed rank per worker (one GPU each on a cluster; gloo on CPU). A rerun
-with the same base model, settings and labeled rows finds the finished export
-(``mer_finetune.json`` fingerprint) and skips training.
+with the same base model, settings and training rows finds the finished export
+(``mer_finetune.json`` fingerprint) and skips training. A dead worker is Ray
+Train's to restart (``FailureConfig(execution.max_failures)``): the run trains
+again from its first step (the loop keeps no mid-run DeepSpeed checkpoint).
+Cross-fitting (:mod:`mer.finetune.crossfit`) calls :func:`finetune` once per
+fold with that fold's training rows and export folder.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+
+import pandas as pd
 
 from mer.config import Job
 from mer.encoders import encoder_class
@@ -27,8 +33,14 @@ def export_dir(job: Job) -> Path:
     return Path(job.finetune.out or Path(job.run_dir) / f"finetuned_{job.finetune.role}")
 
 
-def worker_config(job: Job) -> dict:
-    """Everything a worker needs, as plain picklable values."""
+def worker_config(job: Job, examples: pd.DataFrame | None = None) -> dict:
+    """Everything a worker needs, as plain picklable values.
+
+    Args:
+        examples: the rows to train on (:func:`labeled_examples` layout); default
+            every labeled row. Their CSV is part of the fingerprint, so each
+            cross-fitting fold has its own.
+    """
     cfg = job.finetune
     spec = job.encoders.get(cfg.role)
     model = encoder_class(spec.alias).resolve_model(spec) if spec else None
@@ -38,7 +50,7 @@ def worker_config(job: Job) -> dict:
     if cfg.lora:
         lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "target_modules": cfg.lora_target_modules}
         check_lora_targets(model, spec.trust_remote_code, lora)
-    examples = labeled_examples(job)
+    examples = labeled_examples(job) if examples is None else examples
     ds_config = resolve_deepspeed_config(cfg, cfg.num_workers, cfg.use_gpu)
     settings = {
         "role": cfg.role, "model": model, "trust_remote_code": spec.trust_remote_code,
@@ -82,28 +94,45 @@ def _finished(out: Path, fingerprint: str) -> dict | None:
     return None
 
 
-def finetune(job: Job) -> dict:
+def finetune(
+    job: Job,
+    examples: pd.DataFrame | None = None,
+    out: str | Path | None = None,
+    name: str | None = None,
+    worker_loop=train_loop_per_worker,
+) -> dict:
     """Fine-tune ``job.finetune.role``'s encoder on Ray Train workers and export it.
+
+    Args:
+        examples: rows to train on (default every labeled row).
+        out: export folder (default :func:`export_dir`).
+        name: Ray Train run name (default ``finetune_<role>``); also names the probe file.
+        worker_loop: the per-worker function (tests inject faults here).
 
     Returns:
         Summary: ``out`` (export folder), ``losses`` per step, ``loss``,
-        ``export_max_abs_diff`` (export vs engine logits), ``skipped``.
+        ``export_max_abs_diff`` (export vs engine logits), ``skipped``,
+        ``examples`` (rows trained on).
     """
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    config = worker_config(job)
-    out = export_dir(job)
+    config = worker_config(job, examples)
+    out = Path(out) if out else export_dir(job)
+    name = name or f"finetune_{job.finetune.role}"
     done = _finished(out, config["fingerprint"])
     if done:
-        return {"out": str(out), "skipped": True, **done["train_metrics"]}
+        return {"out": str(out), "skipped": True, "examples": config["num_examples"], **done["train_metrics"]}
     run_dir = Path(job.run_dir).resolve()
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        worker_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=job.finetune.num_workers, use_gpu=job.finetune.use_gpu),
         torch_config=TorchConfig(backend=config["backend"]),
-        run_config=RunConfig(name=f"finetune_{job.finetune.role}", storage_path=str(run_dir / "ray_train")),
+        run_config=RunConfig(
+            name=name, storage_path=str(run_dir / "ray_train"),
+            failure_config=FailureConfig(max_failures=job.execution.max_failures),
+        ),
     )
     result = trainer.fit()
     if out.exists():
@@ -111,7 +140,7 @@ def finetune(job: Job) -> dict:
     result.checkpoint.to_directory(str(out))
     # The export is the result; a second full copy (26 GB for 13B) in Ray's storage is not needed.
     result.checkpoint.filesystem.delete_dir(result.checkpoint.path)
-    probe = run_dir / f"finetune_{job.finetune.role}_{PROBE_FILE}"
+    probe = run_dir / f"{name}_{PROBE_FILE}"
     shutil.move(out / PROBE_FILE, probe)
     gap = export_logit_gap(out, probe, trust_remote_code=config["trust_remote_code"])
     kept = ("loss", "losses", "step", "seconds", "zero_stage", "trainable_params", "total_params")

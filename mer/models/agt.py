@@ -13,6 +13,15 @@ stream joins the AMF sum; a sample without audio uses a learned "missing
 audio" query token and the audio stream is masked out of AMF, so the guided
 streams degrade to learned-query attention pooling of the other modalities.
 
+``train.audio_gate`` (our addition, off by default; the paper's AGT has no
+such fallback and its authors name noisy audio as its weak point): a learned
+audio-reliability score ``r = sigmoid(MLP([pooled audio, pooled other
+modalities]))`` per sample. The guiding query becomes ``r * audio + (1 - r) *
+missing-audio token`` and the audio stream's AMF score gets ``log r``, so at
+``r -> 0`` the model is exactly its no-audio path (which modality dropout
+trains). It learns when audio is unreliable from noisy training copies
+(``train.audio_augment``) and from audio that disagrees with the other streams.
+
 ``train.linear_skip`` (our addition, off by default and chosen by
 cross-validation like every recipe key) adds a linear late-fusion shortcut:
 per present role a linear map of its standardised pooled vector is added to
@@ -44,6 +53,7 @@ class AGT(nn.Module):
         similarity: AMF similarity (``cosine`` or ``bilinear``).
         use_seq: attend over ``seq`` steps when the batch has them.
         linear_skip: add per-role linear logits of the pooled vectors (see the module docstring).
+        audio_gate: a learned audio-reliability gate (see the module docstring).
     """
 
     def __init__(
@@ -57,6 +67,7 @@ class AGT(nn.Module):
         similarity: str = "cosine",
         use_seq: bool = True,
         linear_skip: bool = False,
+        audio_gate: bool = False,
     ):
         super().__init__()
         if GUIDE_ROLE not in dims:
@@ -70,6 +81,10 @@ class AGT(nn.Module):
         self.amf = AMF(hidden, similarity)
         self.head = classifier(hidden, num_classes, dropout)
         self.skip = nn.ModuleDict({r: nn.Linear(d, num_classes) for r, d in dims.items()}) if linear_skip else None
+        self.gate = None
+        if audio_gate:
+            self.gate = nn.Sequential(nn.LayerNorm(2 * hidden), nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            nn.init.constant_(self.gate[-1].bias, 3.0)  # starts trusting audio (r ~ 0.95)
 
     def _audio_query(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, mask = tokens(batch[GUIDE_ROLE], self.use_seq)
@@ -84,17 +99,35 @@ class AGT(nn.Module):
             mask[absent, 0] = True
         return q, mask, present
 
+    def reliability(self, query: torch.Tensor, query_mask: torch.Tensor, audio_present: torch.Tensor,
+                    contexts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The gate's audio-reliability score per sample (B,), 0 where audio is absent."""
+        pooled = [masked_mean(x, m) * p[:, None] for x, m, p in contexts]
+        count = torch.stack([p for _, _, p in contexts], 1).sum(1, keepdim=True).clamp_min(1) if contexts else 1
+        others = torch.stack(pooled, 0).sum(0) / count if pooled else torch.zeros_like(query[:, 0])
+        r = torch.sigmoid(self.gate(torch.cat([masked_mean(query, query_mask), others], -1))).squeeze(-1)
+        return r * audio_present
+
     def fusion(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused vector (B, H) and AMF weights (B, M) ordered audio, then guided roles."""
         query, query_mask, audio_present = self._audio_query(batch)
-        audio = masked_mean(self.audio_stream(query, query_mask), query_mask)
-        streams, present = [audio], [audio_present]
+        contexts = []
         for role in self.guided_roles:
             x, mask = tokens(batch[role], self.use_seq)
-            guided = self.cbt[role](query, query_mask, self.project[role](x), mask)
+            contexts.append((self.project[role](x), mask, batch[role]["present"].to(query.dtype)))
+        bias = None
+        if self.gate is not None:
+            r = self.reliability(query, query_mask, audio_present.to(query.dtype), contexts)
+            query = r[:, None, None] * query + (1 - r)[:, None, None] * self.missing_audio.to(query.dtype)
+            bias = torch.zeros(len(r), 1 + len(contexts), dtype=query.dtype, device=query.device)
+            bias[:, 0] = torch.log(r.clamp_min(1e-6))
+        audio = masked_mean(self.audio_stream(query, query_mask), query_mask)
+        streams, present = [audio], [audio_present]
+        for (context, mask, _), role in zip(contexts, self.guided_roles):
+            guided = self.cbt[role](query, query_mask, context, mask)
             streams.append(masked_mean(guided, query_mask))
             present.append(batch[role]["present"].bool())
-        return self.amf(torch.stack(streams, 1), audio, torch.stack(present, 1))
+        return self.amf(torch.stack(streams, 1), audio, torch.stack(present, 1), bias)
 
     def forward(self, batch: dict) -> torch.Tensor:
         fused, _ = self.fusion(batch)

@@ -48,7 +48,7 @@ class AMF(nn.Module):
         return (streams * projected[:, None, :]).sum(-1) / math.sqrt(streams.shape[-1])
 
     def forward(
-        self, streams: torch.Tensor, audio: torch.Tensor, present: torch.Tensor
+        self, streams: torch.Tensor, audio: torch.Tensor, present: torch.Tensor, bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fuse the streams.
 
@@ -57,11 +57,15 @@ class AMF(nn.Module):
             audio: (B, H) pooled audio stream the others are compared with.
             present: (B, M) bool; a False stream gets weight 0. A row with no
                 present stream gets uniform weights over zeroed streams.
+            bias: (B, M) added to the scores (AGT's audio gate adds ``log r`` to the audio stream's).
 
         Returns:
             ``(fused (B, H), weights (B, M))``; weights sum to 1 over each row.
         """
-        scores = self.scores(streams, audio).masked_fill(~present, float("-inf"))
+        scores = self.scores(streams, audio)
+        if bias is not None:
+            scores = scores + bias
+        scores = scores.masked_fill(~present, float("-inf"))
         empty = ~present.any(dim=1, keepdim=True)
         scores = torch.where(empty, torch.zeros_like(scores), scores)
         weights = torch.softmax(scores, dim=1)

@@ -42,6 +42,7 @@ def _fusion_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> nn.
         return AGT(
             dims, num_classes, hidden=cfg.hidden, heads=cfg.heads, depth=cfg.depth,
             dropout=cfg.dropout, similarity=cfg.amf_similarity, use_seq=cfg.use_seq, linear_skip=cfg.linear_skip,
+            audio_gate=cfg.audio_gate,
         )
     if name == "attention":
         return AttentionFusion(dims, num_classes, hidden=cfg.hidden, dropout=cfg.dropout)

@@ -65,14 +65,17 @@ class Standardized(nn.Module):
             getattr(self, f"{kind}_std_{role}").copy_(std.float().clamp(min=eps))
 
     def scale(self, batch: dict) -> dict:
-        """The batch with every role's features standardised."""
+        """The batch with every role's features standardised; an absent modality is 0 (as modality dropout makes it)."""
         out = {}
         for role, entry in batch.items():
             entry = dict(entry)
+            present = entry["present"].bool()
             for kind in ("vector", "seq"):
                 if entry.get(kind) is not None and hasattr(self, f"{kind}_mean_{role}"):
                     mean, std = getattr(self, f"{kind}_mean_{role}"), getattr(self, f"{kind}_std_{role}")
-                    entry[kind] = (entry[kind].float() - mean) / std
+                    scaled = (entry[kind].float() - mean) / std
+                    keep = present.view(-1, *[1] * (scaled.dim() - 1))
+                    entry[kind] = torch.where(keep, scaled, torch.zeros_like(scaled))
             out[role] = entry
         return out
 

@@ -2,8 +2,9 @@
 
 Renders what the stages left in ``run_dir`` and computes nothing that needs a
 model: ``metrics.json`` (supervised evaluation), ``selftrain.json`` (per-round
-records of the self-training stage) and ``ablation.json`` (cells of the ablation
-runner, one list of per-seed values per metric). A missing file drops its
+records of the self-training stage), ``robustness.json`` (models on corrupted
+test media) and ``ablation.json`` (cells of the ablation runner, one list of
+per-seed values per metric). A missing file drops its
 section, so the same function reports a quickstart run and a full ablation.
 Every ablation cell is shown as mean +- std over its seeds (sample std, ddof=1;
 a single seed shows no +-).
@@ -26,7 +27,7 @@ AXIS_TITLES = {
     "voting": "Self-training and voting",
     "threshold": "Pseudo-label threshold sweep",
     "balance": "Voting on a balanced vs the shifted test set",
-    "corruption": "Audio corruption at test time",
+    "corruption": "Corrupted test media (robustness.conditions)",
     "audio_encoder": "Audio encoder swap",
 }
 METRIC_TITLES = {
@@ -157,6 +158,37 @@ def _ablation_section(ablation: dict) -> list[str]:
     return lines
 
 
+def _robustness_section(robustness: dict, focus) -> list[str]:
+    """Conditions x models (test WAF), each model's share of its clean score, and the best model per condition."""
+    rows = robustness["conditions"]
+    columns = list(rows[0]["cells"]) if rows else []
+    clean = {m: mean_std(rows[0]["cells"][m].get("waf"))[0] for m in columns} if rows else {}
+    table_rows, best = [], []
+    for row in rows:
+        means = {m: mean_std(c.get("waf"))[0] for m, c in row["cells"].items()}
+        table_rows.append([row["condition"], *[fmt_mean_std(row["cells"].get(m, {}).get("waf")) for m in columns]])
+        finite = {m: v for m, v in means.items() if not math.isnan(v)}
+        if finite:
+            top = max(finite, key=finite.get)
+            best.append(f"{row['condition']}: {top} ({finite[top] * 100:.1f})")
+    kept = [[row["condition"], *[f"{mean_std(row['cells'][m].get('waf'))[0] / clean[m] * 100:.0f} %"
+                                 if clean.get(m) and m in row["cells"] else "-" for m in columns]] for row in rows[1:]]
+    focus_rows = [[row["condition"], *[fmt_mean_std(row["cells"][m].get(f"f1_{c}")) for m in columns[:2] for c in focus]]
+                  for row in rows]
+    recipe = robustness.get("recipe", {})
+    knobs = ", ".join(f"{k} {recipe[k]}" for k in ("modality_dropout", "feature_noise", "audio_augment", "augment_p",
+                                                      "audio_gate") if recipe.get(k))
+    lines = ["## Robustness: corrupted test media", "",
+             f"Test WAF, mean +- std over seeds {robustness.get('seeds')} (percent). Training recipe: "
+             f"{knobs or 'no robustness regulariser'}. Nothing was trained or chosen on these conditions.", ""]
+    lines += _table(["condition", *columns], table_rows) + [""]
+    lines += ["Share of each model's clean WAF:", ""] + _table(["condition", *columns], kept) + [""]
+    lines += [f"F1 of {', '.join(focus)} for {', '.join(columns[:2])}:", ""]
+    lines += _table(["condition", *[f"{m} F1 {c}" for m in columns[:2] for c in focus]], focus_rows) + [""]
+    lines += ["Best model per condition: " + "; ".join(best) + ".", ""]
+    return lines
+
+
 def _summarise_ablation(ablation: dict) -> dict:
     out = {}
     for axis, cells in ablation.get("axes", {}).items():
@@ -227,8 +259,10 @@ def build_report(run_dir: str | Path) -> dict:
     metrics = _read_json(run_dir / "metrics.json")
     selftrain = _read_json(run_dir / "selftrain.json")
     ablation = _read_json(run_dir / "ablation.json")
-    if metrics is None and selftrain is None and ablation is None:
-        raise ReportError(f"{run_dir}: nothing to report (no metrics.json, selftrain.json or ablation.json; run the evaluate/selftrain stages first)")
+    robustness = _read_json(run_dir / "robustness.json")
+    if metrics is None and selftrain is None and ablation is None and robustness is None:
+        raise ReportError(f"{run_dir}: nothing to report (no metrics.json, selftrain.json, robustness.json or "
+                          "ablation.json; run the evaluate/selftrain stages first)")
 
     name = (selftrain or ablation or {}).get("name") or run_dir.name
     focus = ((selftrain or {}).get("config") or {}).get("prior_classes") or (metrics or {}).get("focus_classes") \
@@ -278,6 +312,12 @@ def build_report(run_dir: str | Path) -> dict:
             plot_confusion(m, run_dir / png)
             plots.append(run_dir / png)
         report["per_class"] = {title: m["per_class"] for title, m, _ in confusions}
+
+    if robustness:
+        lines += _robustness_section(robustness, focus)
+        report["robustness"] = {row["condition"]: {m: dict(zip(("mean", "std"), mean_std(c.get("waf"))))
+                                                   for m, c in row["cells"].items()}
+                                for row in robustness["conditions"]}
 
     if ablation:
         lines += _ablation_section(ablation)

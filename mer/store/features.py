@@ -180,9 +180,9 @@ class FeatureStore:
         return {"dim": int(tbl.schema.field("vector").type.list_size), "has_seq": "seq" in tbl.schema.names,
                 "version": int(tbl.version), "rows": tbl.count_rows()}
 
-    def create_empty_like(self, name: str, source: FeatureStore) -> None:
-        """An empty table ``name`` with the schema of ``source``'s table of that name (a modality with no rows)."""
-        self.db.create_table(name, schema=source.open_table(name).schema, exist_ok=True)
+    def create_empty_like(self, name: str, source: FeatureStore, like: str | None = None) -> None:
+        """An empty table ``name`` with the schema of ``source``'s table ``like`` (default ``name``): a modality with no rows."""
+        self.db.create_table(name, schema=source.open_table(like or name).schema, exist_ok=True)
 
     def snapshot(self, name: str, as_of: int) -> TableSnapshot:
         """A feature table pinned at Lance version ``as_of``, read by row position (streaming training)."""

@@ -37,19 +37,32 @@ def digest(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def non_default(obj) -> dict:
+    """A dataclass's fields that differ from their defaults: a new knob left at its default changes no hash."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if value != default:
+            out[f.name] = value
+    return out
+
+
 def fingerprint(job: Job) -> dict:
     """What a fit of ``job`` depends on besides the model name, seed and extra labels.
 
     The recipe alone: ``execution`` (workers, GPUs, budgets, checkpoint cadence)
     changes how a fit runs, not its weights (a resumed fit ends with the same
-    weights), so changing it reuses the cache.
+    weights), so changing it reuses the cache. Settings at their defaults are
+    left out, so adding a knob keeps every cached fit.
     """
-    train = dataclasses.asdict(job.train)
+    train = non_default(job.train)
     for key in NOT_RECIPE:
-        train.pop(key)
+        train.pop(key, None)
     return {
         "train": train,
-        "encoders": {r: dataclasses.asdict(s) for r, s in sorted(job.encoders.items())},
+        "encoders": {r: non_default(s) for r, s in sorted(job.encoders.items())},
         "labels": job.labels,
         "manifest": str(job.manifest),
         "store": str(job.store),
@@ -67,8 +80,10 @@ def labels_key(extra: pd.DataFrame | None) -> list:
 
 
 def _tables(plan: ReadPlan) -> dict[str, list]:
-    """Role -> [table, pinned Lance version]: the data half of a fit's identity."""
-    return {r: [t.table, t.table_version] for r, t in sorted(plan.roles.items())}
+    """Role -> [table, pinned Lance version]: the data half of a fit's identity (augmented copies too)."""
+    tables = {r: [t.table, t.table_version] for r, t in sorted(plan.roles.items())}
+    tables.update({f"augment:{r}": [t.table, t.table_version] for r, t in sorted(plan.augment.items())})
+    return tables
 
 
 def fit_name(job: Job, plan: ReadPlan, model: str, seed: int, extra: pd.DataFrame | None = None) -> str:

@@ -21,8 +21,8 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from mer.config import TrainConfig
-from mer.train.data import MultiModalData
-from mer.train.learner import Learner, choose_rows, targets_of
+from mer.train.data import AugmentedView, DroppedView, MultiModalData
+from mer.train.learner import Learner, choose_rows, predict_proba, targets_of
 
 
 def out_of_fold(states: list[dict], labels: list[str]) -> tuple[dict, pd.DataFrame]:
@@ -80,3 +80,35 @@ def cross_validate(data: MultiModalData, labels: list[str], cfg: TrainConfig, mo
         if on_fold:
             on_fold(fold, out_of_fold(states, labels)[0])
     return out_of_fold(states, labels)
+
+
+def robust_cross_validate(data: MultiModalData, labels: list[str], cfg: TrainConfig, model_name: str, seed: int,
+                          folds: int = 5, role: str = "audio") -> dict[str, float]:
+    """K-fold CV WAF of one recipe with each fold's validation rows clean, without ``role``, and noisy.
+
+    How a robustness recipe is chosen without the test corruptions: the same
+    folds as :func:`cross_validate` (each fold's epoch picked on its clean
+    validation rows), then the fold's best model also scores its validation
+    rows with ``role`` removed and, when ``data`` has augmented copies of
+    ``role`` (``train.audio_augment``), with every validation row read from its
+    noisy copy. Only labeled *train* rows are ever read.
+
+    Returns:
+        ``{"clean": WAF, "no_<role>": WAF, "noisy_<role>": WAF}`` (the last only with copies).
+    """
+    cfg = dataclasses.replace(cfg, folds=folds)
+    targets = targets_of(data, labels, None)
+    views = {"clean": data, f"no_{role}": DroppedView(data, role)}
+    if role in data.augment:
+        views[f"noisy_{role}"] = AugmentedView(data, 1.0)
+    truth, preds = [], {name: [] for name in views}
+    for fold in range(folds):
+        rows = choose_rows(data, targets, cfg, seed, fold, None)
+        learner = Learner(model_name, data, rows, cfg, len(labels), seed)
+        learner.run()
+        model = learner.best_model()
+        truth.append(targets[rows.val])
+        for name, view in views.items():
+            preds[name].append(predict_proba(model, view, rows.val, 256).argmax(1))
+    y = np.concatenate(truth)
+    return {name: float(f1_score(y, np.concatenate(p), average="weighted", zero_division=0)) for name, p in preds.items()}

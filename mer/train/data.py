@@ -14,10 +14,16 @@ Two read paths give the same batches:
 
 Both paths sort samples by ``sample_id`` and pad ``seq`` to the encoder's
 ``seq_len``, so the same seed yields the same batches, bit for bit.
+
+With ``train.audio_augment`` the plan also pins the table of the audio's
+noise-augmented copies (the audio spec with that corruption: its own encoder
+version, non-test rows only); :class:`AugmentedView` gives training batches in
+which each sample hears its noisy copy with probability ``train.augment_p``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,14 +56,18 @@ class ReadPlan:
     roles: dict[str, RoleTable]
     streaming: bool
     estimated_gb: float
+    augment: dict[str, RoleTable] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> dict:
         """JSON-able summary written into checkpoints."""
-        return {
+        out = {
             "store": self.store,
             "streaming": self.streaming,
             "tables": {r: vars(t) for r, t in self.roles.items()},
         }
+        if self.augment:
+            out["augment"] = {r: vars(t) for r, t in self.augment.items()}
+        return out
 
 
 def resolve_table(store, role: str, alias: str, encoder_version: str, seq_len: int) -> RoleTable:
@@ -81,12 +91,14 @@ def resolve_table(store, role: str, alias: str, encoder_version: str, seq_len: i
     return RoleTable(role, alias, encoder_version, name, info["version"], info["dim"], int(seq_len), info["rows"])
 
 
-def make_plan(store: str, tables: dict[str, RoleTable], budget_gb: float, streaming: bool | None) -> ReadPlan:
+def make_plan(store: str, tables: dict[str, RoleTable], budget_gb: float, streaming: bool | None,
+              augment: dict[str, RoleTable] | None = None) -> ReadPlan:
     """A plan over resolved tables; ``streaming=None`` decides by the memory budget."""
-    estimated_gb = sum(t.rows * t.dim * (1 + t.seq_len) * 4 for t in tables.values()) / 1e9
+    augment = augment or {}
+    estimated_gb = sum(t.rows * t.dim * (1 + t.seq_len) * 4 for t in [*tables.values(), *augment.values()]) / 1e9
     if streaming is None:
         streaming = estimated_gb > budget_gb
-    return ReadPlan(store, dict(sorted(tables.items())), bool(streaming), round(estimated_gb, 4))
+    return ReadPlan(store, dict(sorted(tables.items())), bool(streaming), round(estimated_gb, 4), dict(augment))
 
 
 def plan_read(job: Job, streaming: bool | None = None) -> ReadPlan:
@@ -100,7 +112,7 @@ def plan_read(job: Job, streaming: bool | None = None) -> ReadPlan:
     Raises:
         MerError: no encoders, or a role's table is not in the store.
     """
-    from mer.encoders import feature_refs
+    from mer.encoders import augment_spec, feature_ref, feature_refs
     from mer.store import open_store
 
     if not job.encoders:
@@ -110,7 +122,12 @@ def plan_read(job: Job, streaming: bool | None = None) -> ReadPlan:
     for role, ref in feature_refs(job.encoders).items():
         seq_len = job.encoders[role].seq_len if job.train.use_seq else 0
         tables[role] = resolve_table(store, role, ref.alias, ref.version, seq_len)
-    return make_plan(job.store, tables, job.execution.memory_budget_gb, streaming)
+    augment = {}
+    if job.train.audio_augment and "audio" in job.encoders:
+        ref = feature_ref("audio", augment_spec(job))
+        augment["audio"] = resolve_table(store, "audio", ref.alias, ref.version, tables["audio"].seq_len)
+    return make_plan(job.store, tables, job.execution.memory_budget_gb, streaming, augment)
+
 
 
 def _pad_seq(seq: np.ndarray | None, mask: np.ndarray | None, n: int, seq_len: int, dim: int):
@@ -185,6 +202,7 @@ class MultiModalData:
         ids, split, label: per joined sample (label None where unlabeled).
         roles: role -> :class:`RoleData`.
         plan: the :class:`ReadPlan` read.
+        augment: role -> :class:`RoleData` of its augmented copies (rows -1 where none).
     """
 
     ids: np.ndarray
@@ -192,6 +210,7 @@ class MultiModalData:
     label: np.ndarray
     roles: dict[str, RoleData]
     plan: ReadPlan
+    augment: dict[str, RoleData] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -228,6 +247,52 @@ class MultiModalData:
         return out
 
 
+class AugmentedView:
+    """Training batches of ``data`` where a present role reads its augmented copy with probability ``p``.
+
+    Draws come from torch's global generator, which the learner seeds per
+    (seed, epoch), so a resumed fit draws the same swaps.
+    """
+
+    def __init__(self, data: MultiModalData, p: float):
+        self.data, self.p = data, p
+
+    def batch(self, index: np.ndarray) -> dict:
+        index = np.asarray(index)
+        out = self.data.batch(index)
+        for role, alt in self.data.augment.items():
+            rows = alt.rows[index]
+            draw = torch.rand(len(index)).numpy() < self.p
+            swap = np.flatnonzero(draw & (rows >= 0) & out[role]["present"].numpy())
+            if not len(swap):
+                continue
+            vector, seq = alt.source.take(rows[swap])
+            entry, at = out[role], torch.from_numpy(swap)
+            entry["vector"][at] = torch.from_numpy(np.asarray(vector, np.float32))
+            if "seq" in entry and seq is not None:
+                s, m = seq
+                entry["seq"][at], entry["seq_mask"][at] = torch.from_numpy(s), torch.from_numpy(m)
+                empty = torch.from_numpy(swap[~m.any(1)])  # as in MultiModalData.batch: no steps -> the pooled vector
+                entry["seq"][empty, 0], entry["seq_mask"][empty, 0] = entry["vector"][empty], True
+        return out
+
+
+class DroppedView:
+    """Batches of ``data`` with ``role`` absent for every sample: the model's view when a modality is lost."""
+
+    def __init__(self, data: MultiModalData, role: str):
+        self.data, self.role = data, role
+
+    def batch(self, index: np.ndarray) -> dict:
+        out = self.data.batch(index)
+        entry = out[self.role]
+        entry["present"] = torch.zeros_like(entry["present"])
+        entry["vector"] = torch.zeros_like(entry["vector"])
+        if "seq" in entry:
+            entry["seq"], entry["seq_mask"] = torch.zeros_like(entry["seq"]), torch.zeros_like(entry["seq_mask"])
+        return out
+
+
 def _join(metas: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Outer join of per-role (sample_id, split, label) frames, sorted by id."""
     frames = [m.assign(_role=r, _row=np.arange(len(m))) for r, m in metas.items()]
@@ -259,27 +324,22 @@ def read_plan(plan: ReadPlan, splits: str | list[str] | None = None) -> MultiMod
     """
     wanted = _split_list(splits)
     metas, sources = {}, {}
-    if plan.streaming:
-        for role, t in plan.roles.items():
-            source = LanceSource(plan.store, t)
-            meta = source.snapshot().meta()
-            metas[role], sources[role] = meta, source
-    else:
-        from mer.store import open_store
-
-        store = open_store(plan.store)
-        for role, t in plan.roles.items():
-            f = store.read(t.table, split=wanted, with_seq=bool(t.seq_len), as_of=t.table_version, max_len=t.seq_len or None)
-            seq = None
-            if t.seq_len:
-                seq = _pad_seq(f.seq, f.seq_mask, len(f.ids), t.seq_len, t.dim)
-            metas[role] = pd.DataFrame({"sample_id": f.ids.astype(str), "split": f.split, "label": f.label})
-            sources[role] = ArraySource(f.vector, *(seq if seq else (None, None)))
+    for role, t in [*plan.roles.items(), *((f"augment:{r}", t) for r, t in plan.augment.items())]:
+        metas[role], sources[role] = _open_source(plan, t, wanted)
+    aug_metas = {r: metas.pop(f"augment:{r}") for r in plan.augment}
     joined, rows = _join(metas)
+    index = pd.Index(joined["sample_id"])
+    augment = {}
+    for role, meta in aug_metas.items():
+        alt = np.full(len(joined), -1, np.int64)
+        pos = index.get_indexer(meta["sample_id"])
+        alt[pos[pos >= 0]] = np.flatnonzero(pos >= 0)
+        augment[role] = (sources[f"augment:{role}"], alt)
     if wanted is not None:
         keep = joined["split"].isin(wanted).to_numpy()
         joined = joined[keep].reset_index(drop=True)
         rows = {r: v[keep] for r, v in rows.items()}
+        augment = {r: (source, alt[keep]) for r, (source, alt) in augment.items()}
     label = joined["label"].astype(object).where(joined["label"].notna(), None).to_numpy()
     roles = {r: RoleData(plan.roles[r], sources[r], rows[r]) for r in plan.roles}
     return MultiModalData(
@@ -288,7 +348,22 @@ def read_plan(plan: ReadPlan, splits: str | list[str] | None = None) -> MultiMod
         label=label,
         roles=roles,
         plan=plan,
+        augment={r: RoleData(plan.augment[r], source, alt) for r, (source, alt) in augment.items()},
     )
+
+
+def _open_source(plan: ReadPlan, t: RoleTable, wanted: list[str] | None):
+    """``(meta frame sample_id/split/label, source)`` of one table: in memory, or streamed by position."""
+    if plan.streaming:
+        source = LanceSource(plan.store, t)
+        return source.snapshot().meta(), source
+    from mer.store import open_store
+
+    f = open_store(plan.store).read(t.table, split=wanted, with_seq=bool(t.seq_len), as_of=t.table_version,
+                                    max_len=t.seq_len or None)
+    seq = _pad_seq(f.seq, f.seq_mask, len(f.ids), t.seq_len, t.dim) if t.seq_len else None
+    meta = pd.DataFrame({"sample_id": f.ids.astype(str), "split": f.split, "label": f.label})
+    return meta, ArraySource(f.vector, *(seq if seq else (None, None)))
 
 
 def load_features(job: Job, splits: str | list[str] | None = None, streaming: bool | None = None) -> MultiModalData:

@@ -29,7 +29,7 @@ from torch import nn
 from mer.config import ConfigError, TrainConfig
 from mer.models import build_model
 from mer.train.checkpoint import unwrap
-from mer.train.data import MultiModalData
+from mer.train.data import AugmentedView, MultiModalData
 
 
 @dataclass
@@ -232,7 +232,8 @@ class Learner:
         torch.manual_seed(self.seed * 100_003 + epoch)
         net = net or self.model
         net.train()
-        losses = train_epoch(net, self.data, rows.targets, epoch_order(rows, self.seed, epoch, rank, world),
+        data = AugmentedView(self.data, cfg.augment_p) if self.data.augment and cfg.augment_p > 0 else self.data
+        losses = train_epoch(net, data, rows.targets, epoch_order(rows, self.seed, epoch, rank, world),
                              self.optimizer, self.loss_fn, cfg.batch_size, self.device)
         self.scheduler.step()
         metrics, probs = self.validate()

@@ -20,8 +20,15 @@ from mer.train.data import make_plan, read_plan, resolve_table
 from mer.train.learner import predict_proba
 
 
-def probabilities(checkpoints: list[str | Path], store_uri: str | None, split: str | list[str]):
+def probabilities(checkpoints: list[str | Path], store_uri: str | None, split: str | list[str], swap: dict | None = None,
+                  reads: dict | None = None):
     """Mean softmax over every model (fold) of every checkpoint.
+
+    ``swap`` (role -> :class:`mer.encoders.FeatureRef`) reads a role from another
+    feature table of the same width than the one trained on: the corrupted or
+    dropped test features of a robustness condition. ``reads``: a dict the
+    caller keeps to reuse what was read for the same tables and split (many
+    checkpoints over one snapshot: the robustness table).
 
     Returns:
         ``(ids, probs (N, C), labels, split per sample)``.
@@ -37,11 +44,20 @@ def probabilities(checkpoints: list[str | Path], store_uri: str | None, split: s
         labels = config["labels"]
         uri = store_uri or config["read"]["store"]
         store = open_store(uri)
-        tables = {
-            role: resolve_table(store, role, t["alias"], t["encoder_version"], t["seq_len"])
-            for role, t in config["read"]["tables"].items()
-        }
-        data = read_plan(make_plan(uri, tables, ExecutionConfig().memory_budget_gb, None), split)
+        tables = {}
+        for role, t in config["read"]["tables"].items():
+            ref = (swap or {}).get(role)
+            alias, version = (ref.alias, ref.version) if ref else (t["alias"], t["encoder_version"])
+            tables[role] = resolve_table(store, role, alias, version, t["seq_len"])
+            if tables[role].dim != t["dim"]:
+                raise MerError(f"{checkpoint}: role {role} was trained on {t['dim']}-d features, "
+                               f"{tables[role].table} has {tables[role].dim}")
+        key = (uri, tuple((r, t.table, t.table_version, t.seq_len) for r, t in sorted(tables.items())), str(split))
+        if reads is None or key not in reads:
+            data = read_plan(make_plan(uri, tables, ExecutionConfig().memory_budget_gb, None), split)
+            if reads is not None:
+                reads[key] = data
+        data = reads[key] if reads is not None else data
         if ids is not None and not np.array_equal(ids, data.ids):
             raise MerError(f"{checkpoint}: reads different samples than the other checkpoints")
         ids = data.ids
@@ -53,7 +69,8 @@ def probabilities(checkpoints: list[str | Path], store_uri: str | None, split: s
     return ids, total / max(count, 1), labels, data.split
 
 
-def predict(checkpoint_dir: str | Path | list, store_uri: str | None = None, split: str = "test") -> pd.DataFrame:
+def predict(checkpoint_dir: str | Path | list, store_uri: str | None = None, split: str = "test",
+            swap: dict | None = None, reads: dict | None = None) -> pd.DataFrame:
     """Predictions ``sample_id,label,p_<label>...`` for every sample of ``split``.
 
     Args:
@@ -61,9 +78,11 @@ def predict(checkpoint_dir: str | Path | list, store_uri: str | None = None, spl
             averaging probabilities).
         store_uri: store to read (default: the one the checkpoint was trained on).
         split: ``test``, ``unlabeled``, ``train`` or a list of them.
+        swap: role -> FeatureRef read instead of the trained-on table (see :func:`probabilities`).
+        reads: reuse reads of the same tables across calls (see :func:`probabilities`).
     """
     checkpoints = checkpoint_dir if isinstance(checkpoint_dir, (list, tuple)) else [checkpoint_dir]
-    ids, probs, labels, _ = probabilities(checkpoints, store_uri, split)
+    ids, probs, labels, _ = probabilities(checkpoints, store_uri, split, swap, reads)
     frame = pd.DataFrame({"sample_id": ids, "label": np.asarray(labels, object)[probs.argmax(1)] if len(ids) else []})
     for i, name in enumerate(labels):
         frame[f"p_{name}"] = probs[:, i] if len(ids) else []
