@@ -452,6 +452,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp in (int, float) and isinstance(value, bool):

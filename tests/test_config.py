@@ -2,7 +2,7 @@
 
 import pytest
 
-from mer.config import ConfigError, EncoderSpec, load_job, parse_overrides
+from mer.config import ConfigError, EncoderSpec, job_from_dict, load_job, parse_overrides
 
 JOB = """
 name: t
@@ -92,3 +92,11 @@ def test_resolved_yaml_round_trips(job_file, tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(job.to_yaml())
     assert load_job(again) == job
+
+
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """PyYAML reads ``5e-5`` as a string (YAML 1.1); a float key takes it, a bad one still errors."""
+    job = job_from_dict({"name": "x", "manifest": "m.csv", "finetune": {"lr": "5e-5"}})
+    assert job.finetune.lr == 5e-5
+    with pytest.raises(ConfigError, match="finetune.lr: expected float"):
+        job_from_dict({"name": "x", "manifest": "m.csv", "finetune": {"lr": "fast"}})
