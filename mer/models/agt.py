@@ -108,22 +108,25 @@ class AGT(nn.Module):
         r = torch.sigmoid(self.gate(torch.cat([masked_mean(query, query_mask), others], -1))).squeeze(-1)
         return r * audio_present
 
+    def _context(self, batch: dict, role: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A guided role's projected steps, their mask and its presence (B,)."""
+        x, mask = tokens(batch[role], self.use_seq)
+        return self.project[role](x), mask, batch[role]["present"].float()
+
     def fusion(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused vector (B, H) and AMF weights (B, M) ordered audio, then guided roles."""
         query, query_mask, audio_present = self._audio_query(batch)
-        contexts = []
-        for role in self.guided_roles:
-            x, mask = tokens(batch[role], self.use_seq)
-            contexts.append((self.project[role](x), mask, batch[role]["present"].to(query.dtype)))
-        bias = None
-        if self.gate is not None:
-            r = self.reliability(query, query_mask, audio_present.to(query.dtype), contexts)
+        contexts, bias = {}, None
+        if self.gate is not None:  # the gate reads every role first; without it the paper's order is kept
+            contexts = {role: self._context(batch, role) for role in self.guided_roles}
+            r = self.reliability(query, query_mask, audio_present.to(query.dtype), list(contexts.values()))
             query = r[:, None, None] * query + (1 - r)[:, None, None] * self.missing_audio.to(query.dtype)
             bias = torch.zeros(len(r), 1 + len(contexts), dtype=query.dtype, device=query.device)
             bias[:, 0] = torch.log(r.clamp_min(1e-6))
         audio = masked_mean(self.audio_stream(query, query_mask), query_mask)
         streams, present = [audio], [audio_present]
-        for (context, mask, _), role in zip(contexts, self.guided_roles):
+        for role in self.guided_roles:
+            context, mask, _ = contexts.get(role) or self._context(batch, role)
             guided = self.cbt[role](query, query_mask, context, mask)
             streams.append(masked_mean(guided, query_mask))
             present.append(batch[role]["present"].bool())
