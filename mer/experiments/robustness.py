@@ -129,11 +129,11 @@ def corrupted_features(job: Job, role: str, corruption: Corruption, echo) -> Fea
     return feature_ref(role, spec)
 
 
-def cells(job: Job, checkpoints: dict[str, dict[int, Path]], swap: dict[str, FeatureRef], reads: dict) -> dict[str, dict]:
+def cells(job: Job, checkpoints: dict[str, dict[int, Path]], swap: dict[str, FeatureRef], reads: dict,
+          truth: pd.DataFrame | None) -> dict[str, dict]:
     """Model -> per-seed test metrics, reading ``swap``'s tables for the roles each model uses."""
     from mer.train.predict import predict
 
-    truth = split_truth(job, "test")
     out = {}
     for model, by_seed in checkpoints.items():
         out[model] = seed_cell([score(predict(ckpt, job.store, "test", swap=swap, reads=reads), truth, job.labels)
@@ -141,7 +141,7 @@ def cells(job: Job, checkpoints: dict[str, dict[int, Path]], swap: dict[str, Fea
     return out
 
 
-def final_cell(job: Job, swap: dict[str, FeatureRef], reads: dict) -> dict | None:
+def final_cell(job: Job, swap: dict[str, FeatureRef], reads: dict, truth: pd.DataFrame | None) -> dict | None:
     """The self-trained final vote per seed, on the (corrupted) test features; None without selftrain."""
     from mer.train.predict import predict
 
@@ -150,7 +150,6 @@ def final_cell(job: Job, swap: dict[str, FeatureRef], reads: dict) -> dict | Non
         return None
     summary = json.loads(path.read_text())
     weights = summary["rounds"][-1].get("vote_weights")
-    truth = split_truth(job, "test")
     per_seed = []
     for i in range(len(job.train.seeds)):
         tables = {m: predict(ckpts[i], job.store, "test", swap=swap, reads=reads)
@@ -181,6 +180,7 @@ def table(job: Job, models: list[str], fits_dir: Path, echo, with_reference: boo
     main = supervised_checkpoints(job, models, fits_dir)
     ref_job = reference_job(job) if with_reference and rob.reference_models else None
     ref = supervised_checkpoints(ref_job, rob.reference_models, fits_dir) if ref_job else {}
+    truth = split_truth(job, "test")  # read once for every condition and column
     rows = []
     for text in ["clean", *rob.conditions]:
         role, corruption = (None, None) if text == "clean" else parse_condition(text)
@@ -188,11 +188,11 @@ def table(job: Job, models: list[str], fits_dir: Path, echo, with_reference: boo
             raise MerError(f"robustness.conditions: {text!r}: the job has no {role} encoder")
         swap = {} if role is None else {role: corrupted_features(job, role, corruption, echo)}
         reads: dict = {}  # the condition's test features, read once for every checkpoint
-        row = cells(job, main, swap, reads)
+        row = cells(job, main, swap, reads, truth)
         ref_swap = {r: s for r, s in swap.items() if ref_job and r in ref_job.encoders}
-        for model, cell in cells(ref_job, ref, ref_swap, reads).items() if ref_job else ():
+        for model, cell in cells(ref_job, ref, ref_swap, reads, truth).items() if ref_job else ():
             row[f"{'+'.join(rob.reference_roles)}: {model}"] = cell
-        final = final_cell(job, swap, reads) if with_final and rob.final else None
+        final = final_cell(job, swap, reads, truth) if with_final and rob.final else None
         if final is not None:
             row["final (self-trained vote)"] = final
         rows.append({"condition": "clean" if role is None else condition_label(role, corruption), "role": role,

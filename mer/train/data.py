@@ -129,7 +129,6 @@ def plan_read(job: Job, streaming: bool | None = None) -> ReadPlan:
     return make_plan(job.store, tables, job.execution.memory_budget_gb, streaming, augment)
 
 
-
 def _pad_seq(seq: np.ndarray | None, mask: np.ndarray | None, n: int, seq_len: int, dim: int):
     """Crop or zero-pad (N, L', D) to (N, seq_len, D) as float32."""
     out = np.zeros((n, seq_len, dim), np.float32)
@@ -139,6 +138,12 @@ def _pad_seq(seq: np.ndarray | None, mask: np.ndarray | None, n: int, seq_len: i
         out[:, :keep] = seq[:, :keep]
         out_mask[:, :keep] = mask[:, :keep]
     return out, out_mask
+
+
+def _vector_as_step(seq: np.ndarray, mask: np.ndarray, vector: np.ndarray, rows: np.ndarray) -> None:
+    """In place: each of ``rows`` (bool) without a valid step gets its pooled vector as its one step."""
+    empty = rows & ~mask.any(1)
+    seq[empty, 0], mask[empty, 0] = vector[empty], True
 
 
 class ArraySource:
@@ -239,9 +244,7 @@ class MultiModalData:
                 s = np.zeros((n, seq_len, dim), np.float32)
                 m = np.zeros((n, seq_len), bool)
                 s[present], m[present] = seq
-                # a present sample without steps falls back to its pooled vector
-                empty = present & ~m.any(1)
-                s[empty, 0], m[empty, 0] = vector[empty], True
+                _vector_as_step(s, m, vector, present)
                 entry["seq"], entry["seq_mask"] = torch.from_numpy(s), torch.from_numpy(m)
             out[role] = entry
         return out
@@ -272,8 +275,9 @@ class AugmentedView:
             if "seq" in entry and seq is not None:
                 s, m = seq
                 entry["seq"][at], entry["seq_mask"][at] = torch.from_numpy(s), torch.from_numpy(m)
-                empty = torch.from_numpy(swap[~m.any(1)])  # as in MultiModalData.batch: no steps -> the pooled vector
-                entry["seq"][empty, 0], entry["seq_mask"][empty, 0] = entry["vector"][empty], True
+                swapped = np.zeros(len(index), bool)
+                swapped[swap] = True
+                _vector_as_step(entry["seq"].numpy(), entry["seq_mask"].numpy(), entry["vector"].numpy(), swapped)
         return out
 
 

@@ -35,6 +35,7 @@ def probabilities(checkpoints: list[str | Path], store_uri: str | None, split: s
     """
     from mer.store import open_store
 
+    reads = {} if reads is None else reads
     total, ids, labels, data = None, None, None, None
     count = 0
     for checkpoint in checkpoints:
@@ -53,11 +54,9 @@ def probabilities(checkpoints: list[str | Path], store_uri: str | None, split: s
                 raise MerError(f"{checkpoint}: role {role} was trained on {t['dim']}-d features, "
                                f"{tables[role].table} has {tables[role].dim}")
         key = (uri, tuple((r, t.table, t.table_version, t.seq_len) for r, t in sorted(tables.items())), str(split))
-        if reads is None or key not in reads:
-            data = read_plan(make_plan(uri, tables, ExecutionConfig().memory_budget_gb, None), split)
-            if reads is not None:
-                reads[key] = data
-        data = reads[key] if reads is not None else data
+        if key not in reads:
+            reads[key] = read_plan(make_plan(uri, tables, ExecutionConfig().memory_budget_gb, None), split)
+        data = reads[key]
         if ids is not None and not np.array_equal(ids, data.ids):
             raise MerError(f"{checkpoint}: reads different samples than the other checkpoints")
         ids = data.ids
