@@ -151,6 +151,11 @@ class ExecutionConfig:
     Attributes:
         num_workers: Ray Train workers per fit (DDP when > 1).
         use_gpu: one GPU per Ray Train worker.
+        resources_per_worker: the Ray resources each Ray Train worker asks for
+            (Ray's default when empty: 1 CPU, or 1 GPU with ``use_gpu``). A
+            custom node resource (``ray start --resources '{"trainer": 1}'``)
+            or ``accelerator_type:A100: 0.001`` keeps training on the nodes
+            that have it; a fit no live node can hold is an error, not a wait.
         max_failures: times Ray Train restarts a fit from its last checkpoint.
         memory_budget_gb: features up to this size are read into numpy, larger
             ones are streamed per batch (identical batches either way).
@@ -166,6 +171,7 @@ class ExecutionConfig:
 
     num_workers: int = 1
     use_gpu: bool = False
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
     max_failures: int = 1
     memory_budget_gb: float = 4.0
     checkpoint_every_s: float = 10.0

@@ -99,6 +99,21 @@ def test_checkpoint_round_trip_identical_predictions(root, trained, tmp_path):
     pd.testing.assert_frame_equal(first, again, check_exact=True)
 
 
+def test_a_worker_no_node_can_hold_is_an_error_not_a_wait(root):
+    """Ray Train would retry its worker-group start forever; mer says what is missing at once."""
+    from mer.errors import MerError
+    from mer.train.fit import fit, worker_resources
+
+    job = make_job(root, run="run_unplaceable", execution={"resources_per_worker": {"CPU": 1, "trainer": 1}})
+    assert worker_resources(job.execution) == {"CPU": 1, "trainer": 1}
+    with pytest.raises(MerError, match=r"needs CPU: 1, trainer: 1 \(nodes have: CPU: 2, GPU: 2"):
+        fit(job, "agt", 0, root / "ckpt_unplaceable")
+    with pytest.raises(MerError, match="needs GPU: 3"):
+        fit(make_job(root, run="run_unplaceable", execution={"use_gpu": True, "resources_per_worker": {"GPU": 3}}),
+            "agt", 0, root / "ckpt_unplaceable")
+    assert not (root / "run_unplaceable").exists() and not (root / "ckpt_unplaceable").exists()
+
+
 @pytest.mark.timeout(900)
 def test_resume_after_injected_worker_failure_matches_clean_run(root, trained):
     """The rank-0 worker process dies at epoch 3; Ray restarts it from the last checkpoint."""

@@ -1,13 +1,19 @@
-"""Two Ray nodes on 127.0.0.1, and the second one dies in the middle of an extraction.
+"""Two Ray nodes on 127.0.0.1, and the second one dies in the middle of an extraction or a training.
 
 What a user has: ``ray start --head`` on one machine and ``ray start
---address`` on another, one GPU each (here both on loopback, fake GPUs, each
-node in its own process group and the cluster in its own ``--temp-dir``).
-Encoder actors run on both nodes; the second node's raylet is killed by pid
-while they work. The GPU it held does not come back, so Ray cannot restart
-the lost actor anywhere: mer must notice, run the clips that had not come back
-again on the node that is left, and end with every sample stored exactly once
-and none quarantined.
+--address`` on another, one GPU and one ``trainer`` slot (a custom resource)
+each (here both on loopback, fake GPUs, each node in its own process group
+and the cluster in its own ``--temp-dir``). The second node's raylet is killed
+by pid while it works; what it held does not come back.
+
+- Extraction: encoder actors run on both nodes. Ray cannot restart the lost
+  actor anywhere, so mer must notice, run the clips that had not come back
+  again on the node that is left, and end with every sample stored exactly
+  once and none quarantined.
+- Training: two seeds train at once, one per node (each worker asks for the
+  node's one ``trainer`` slot). Ray Train restarts the lost seed's worker on
+  the head once its slot is free, from the last checkpoint, and the seed ends
+  with the weights of a run that never lost a node.
 
 The driver runs in a subprocess: it joins a cluster without token auth, and a
 ``ray.init`` with ``RAY_AUTH_MODE=disabled`` in the pytest process would break
@@ -16,6 +22,7 @@ the local ``ray.init`` of later tests.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -73,7 +80,7 @@ def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
         return subprocess.Popen(
             [str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
-             "--num-cpus", "2", "--num-gpus", "1", *ports, *args],
+             "--num-cpus", "2", "--num-gpus", "1", "--resources", json.dumps({"trainer": 1}), *ports, *args],
             env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -109,17 +116,17 @@ def _raylet_of(proc: subprocess.Popen) -> psutil.Process:
     return next(p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "raylet")
 
 
-def _encodes(proc: subprocess.Popen) -> bool:
-    """Whether an encoder actor under this node is encoding a batch now.
+def _runs(proc: subprocess.Popen, *title: str) -> bool:
+    """Whether a worker process under this node has all of ``title`` in its process title.
 
     Ray titles a worker process ``ray::<actor class>.<method>`` while it runs an
-    actor task; Ray Data's actor method is ``submit`` (``__init__`` while the
+    actor task; Ray Data's encoder method is ``submit`` (``__init__`` while the
     actor starts, so a started actor is not mistaken for a working one).
     """
     for child in psutil.Process(proc.pid).children(recursive=True):
         try:
-            title = " ".join(child.cmdline())
-            if "EncodeActor" in title and ".submit" in title:
+            cmdline = " ".join(child.cmdline())
+            if all(part in cmdline for part in title):
                 return True
         except psutil.Error:
             pass
@@ -149,7 +156,7 @@ def test_extraction_survives_losing_a_node(cluster, tmp_path):
         seen: set[str] = set()
         deadline = time.monotonic() + 300
         while seen != {"head", "node2"} and driver.poll() is None and time.monotonic() < deadline:
-            seen.update(name for name, proc in (("head", head), ("node2", node2)) if _encodes(proc))
+            seen.update(name for name, proc in (("head", head), ("node2", node2)) if _runs(proc, "EncodeActor", ".submit"))
             time.sleep(0.2)
         assert seen == {"head", "node2"}, f"encoder actors worked on {seen}"  # both nodes work
         _raylet_of(node2).send_signal(signal.SIGKILL)  # node 2 goes with a batch in its actor
@@ -168,3 +175,105 @@ def test_extraction_survives_losing_a_node(cluster, tmp_path):
     ids = open_store(store).read(result["summary"]["encoder"]).ids
     assert len(ids) == N and len(set(ids)) == N
     assert set(ids) == set(rows["sample_id"])
+
+
+# Run as ``python -c TRAIN_DRIVER <address> <job.json>``: the train stage (two seeds at once), then,
+# for each seed Ray Train had to resume, the same fit again on what is left of the cluster without a
+# failure (``run_dir`` + "_clean"). One JSON line: seed -> (checkpoint, resumed_at, clean checkpoint).
+TRAIN_DRIVER = textwrap.dedent("""\
+    import dataclasses, json, sys
+    import ray
+    from mer.config import job_from_dict
+    from mer.train import stage
+    from mer.train.fit import fit
+
+    address, job_json = sys.argv[1:3]
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    data = json.loads(open(job_json).read())
+    job = job_from_dict(data)
+    out = {}
+    for seed, ckpt in zip(job.train.seeds, stage.run(job)["checkpoints"]):
+        resumed = json.loads(open(f"{ckpt}/config.json").read())["resumed_at"][0]
+        clean = None
+        if resumed:
+            again = job_from_dict({**data, "run_dir": data["run_dir"] + "_clean", "execution": {
+                **data["execution"], "checkpoint_every_s": 10}})
+            clean = str(fit(again, "agt", seed, again.run_dir + f"/seed{seed}"))
+        out[seed] = [ckpt, resumed, clean]
+    print("RESULT " + json.dumps(out), flush=True)
+""")
+
+
+def _epochs_registered(ray_train: Path) -> dict[str, int]:
+    """Per Ray Train run, the epochs held by the newest checkpoint its controller has registered.
+
+    A restart resumes from that one (``checkpoint_manager_snapshot.json``), which
+    can trail the folders on disk: reports are asynchronous and collected on the
+    controller's poll.
+    """
+    done: dict[str, int] = {}
+    for snapshot in ray_train.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+        except (OSError, ValueError, KeyError):  # being written
+            continue
+        if latest:
+            done[snapshot.parent.name] = latest["metrics"]["epoch"] + 1
+    return done
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256((Path(path) / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.timeout(900)
+def test_training_resumes_on_the_remaining_node(cluster, tmp_path):
+    from synthetic import write_synthetic_features
+
+    from mer.config import job_from_dict
+
+    address, head, node2, logs = cluster
+    data = {
+        "name": "t", "manifest": str(tmp_path / "none.csv"), "store": str(tmp_path / "store"),
+        "run_dir": str(tmp_path / "run"),
+        "encoders": {"audio": {"alias": "logmel", "seq_len": 4}, "video": {"alias": "frames", "seq_len": 4},
+                     "text": {"alias": "minilm", "seq_len": 0}},
+        "stages": ["train"],
+        "train": {"epochs": 16, "seeds": [0, 1], "hidden": 32, "heads": 2, "batch_size": 32, "patience": 40,
+                  "baseline": None},
+        # one worker per `trainer` slot, so the two seeds train on different nodes; report every epoch
+        "execution": {"resources_per_worker": {"CPU": 1, "trainer": 1}, "checkpoint_every_s": 0,
+                      "concurrent_fits": 2},
+    }
+    write_synthetic_features(job_from_dict(data), {"train": 300, "test": 60}, seed=0)
+    (tmp_path / "job.json").write_text(json.dumps(data))
+    with open(logs / "driver.log", "w") as err:
+        driver = subprocess.Popen([sys.executable, "-c", TRAIN_DRIVER, address, str(tmp_path / "job.json")],
+                                  env=_env(), stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+    ray_train = tmp_path / "run" / "ray_train"
+    try:
+        deadline = time.monotonic() + 400
+        # both seeds have a registered checkpoint of 3 of their 16 epochs, and node 2 trains one of them
+        while True:
+            done = _epochs_registered(ray_train)
+            if len(done) == 2 and min(done.values()) >= 3 and _runs(node2, "RayTrainWorker"):
+                break
+            assert driver.poll() is None and time.monotonic() < deadline, (logs / "driver.log").read_text()[-4000:]
+            time.sleep(0.2)
+        assert _runs(head, "RayTrainWorker")  # the other seed trains on the head
+        _raylet_of(node2).send_signal(signal.SIGKILL)
+        assert driver.poll() is None  # node 2 died while both seeds still trained
+        out, _ = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 0, (logs / "driver.log").read_text()[-4000:]
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    resumed = {seed: r for seed, r in result.items() if r[1]}
+    assert len(resumed) == 1, result  # exactly the seed node 2 trained had to resume
+    (checkpoint, resumed_at, clean), = resumed.values()
+    assert 3 <= resumed_at[0] < 16  # from its last checkpoint, not from scratch
+    history = json.loads((Path(checkpoint) / "config.json").read_text())["history"][0]
+    assert [h["epoch"] for h in history] == list(range(16))
+    assert _digest(checkpoint) == _digest(clean)
