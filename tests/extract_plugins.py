@@ -36,7 +36,9 @@ class ProbeEncoder(_TestEncoder):
 
     vector = [CUDA_VISIBLE_DEVICES as a number (-1 if unset), pid, len(text), 1].
     ``spec.model`` names a marker file: when set, the first actor process to
-    finish ``spec.num_frames`` batches creates it and dies (``os._exit``), once.
+    finish ``spec.num_frames`` batches, once another actor has finished 2
+    (so the run has output from both GPUs whatever their start-up order),
+    creates it and dies (``os._exit``), once.
     """
 
     alias = "probe"
@@ -51,11 +53,17 @@ class ProbeEncoder(_TestEncoder):
 
     def _encode(self, batch):
         time.sleep(0.15)  # long enough that both actors of a pool get work
+        marker = Path(self.spec.model) if self.spec.model else None
+        if marker and not marker.exists():
+            # this actor's count of batches returned so far (the previous call's has gone back by now)
+            (marker.parent / f"probe_batches_{os.getpid()}").write_text(str(self.batches))
+            peers = [int(p.read_text() or 0) for p in marker.parent.glob("probe_batches_*")
+                     if p.name != f"probe_batches_{os.getpid()}"]
+            if self.batches >= self.spec.num_frames and max(peers, default=0) >= 2:
+                time.sleep(0.5)  # the driver takes in what the peer returned
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
         self.batches += 1
-        marker = self.spec.model
-        if marker and self.batches >= self.spec.num_frames and not Path(marker).exists():
-            Path(marker).write_text(str(os.getpid()))
-            os._exit(1)
         gpu = float(os.environ.get("CUDA_VISIBLE_DEVICES") or -1)
         return [(np.array([gpu, os.getpid(), len(t), 1.0], np.float32), None) for t in batch]
 

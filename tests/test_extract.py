@@ -126,8 +126,9 @@ def test_blocks_of_only_unlabeled_rows_keep_string_labels(ray_local, corpus, tmp
 
 @pytest.mark.timeout(300)
 def test_actor_pool_pins_gpus_and_survives_an_actor_death(ray_local, tmp_path, caplog):
-    # 24 batches of 0.15 s: enough that both actors of the rerun's pool get work even when one of them
-    # starts seconds after the other on a loaded machine (with 12, a CI run once saw only GPU 1's output)
+    # The first actor to have returned 2 batches dies once the other has returned 2 too: both GPUs are in the
+    # output even when one actor starts seconds after the other on a loaded machine, and the rerun's pool
+    # (which may get only one actor going) still has 40-odd clips to do.
     n = 48
     rows = pd.DataFrame(
         {"sample_id": [f"s{i:02d}" for i in range(n)], "split": "unlabeled", "label": None,

@@ -283,19 +283,27 @@ def test_labeled_examples_add_last_round_pseudo_labels(tmp_path, text_manifest, 
 
 
 # --- multi-worker: ZeRO-3 / ZeRO-2 / offload on 2 CPU workers ----------------
+@pytest.fixture(scope="module")
+def zero3_run(tmp_path_factory, ray_local, text_manifest, tiny_llama):
+    """The finetune stage with ZeRO-3 on 2 workers, 4 epochs: ``(job, summary, tmp_path)``."""
+    from mer.finetune.stage import run as finetune_stage
+
+    tmp_path = tmp_path_factory.mktemp("zero3")
+    job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3})
+    return job, finetune_stage(job), tmp_path
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # minutes on an idle 2-core box; a shared, saturated one needs far more
-def test_zero3_text_finetune_export_and_reextract(tmp_path, ray_local, text_manifest, tiny_llama):
+def test_zero3_text_finetune_export_and_reextract(zero3_run, text_manifest, tiny_llama):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from mer.encoders import encoder_version
     from mer.finetune.launch import finetune
-    from mer.finetune.stage import run as finetune_stage
 
-    job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3})
+    job, summary, tmp_path = zero3_run
     base_version = encoder_version(job.encoders["text"])
-    summary = finetune_stage(job)
 
     assert summary["zero_stage"] == 3 and not summary["skipped"]
     assert_loss_decreases(summary)
@@ -313,6 +321,30 @@ def test_zero3_text_finetune_export_and_reextract(tmp_path, ray_local, text_mani
 
     again = finetune(text_job(tmp_path, text_manifest, tiny_llama, {"stage": 3}))  # same inputs: no retraining
     assert again["skipped"] and again["losses"] == summary["losses"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_zero3_worker_lost_after_epoch_one_resumes_to_the_same_weights(zero3_run, tmp_path):
+    """Each rank's ZeRO-3 shards, optimizer and RNG come back from the epoch-0 checkpoint."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from mer.config import with_values
+    from mer.finetune.launch import finetune, worker_config
+
+    job, clean, _ = zero3_run
+    marker = killed_marker(worker_config(job)["fingerprint"])
+    killed = finetune(with_values(job, {"run_dir": str(tmp_path / "run")}), name="finetune_text_dies",
+                      worker_loop=dying_on_fold1)
+    assert marker.exists()  # the fault fired
+    marker.unlink()
+    assert killed["resumed_at_epoch"] == 1 and clean["resumed_at_epoch"] is None
+    assert killed["losses"] == clean["losses"] and killed["step"] == clean["step"]
+    weights = [load_file(Path(folder) / "model.safetensors") for folder in (clean["out"], killed["out"])]
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
 
 
 @pytest.mark.slow
@@ -471,21 +503,28 @@ def killed_marker(fingerprint: str):
 
 
 def dying_on_fold1(cfg: dict) -> None:
-    """``train_loop_per_worker``, but the rank-0 worker of fold 1's run exits after its first epoch, once,
-    like a lost machine; Ray Train (``FailureConfig``) restarts the run.
+    """``train_loop_per_worker``, but the rank-0 worker of a run named ``*_fold1`` (cross-fitting's fold 1)
+    or ``*_dies`` exits once, like a lost machine, right after it reported its first epoch's checkpoint;
+    Ray Train (``FailureConfig``) restarts the run.
     """
+    import time
+
     import ray.train
 
     from mer.finetune.loop import train_loop_per_worker
 
     ctx = ray.train.get_context()
     marker = killed_marker(cfg["fingerprint"])
-    if ctx.get_experiment_name().endswith("_fold1") and ctx.get_world_rank() == 0 and not marker.exists():
-        def report_or_die(*args, **kwargs):  # the loop reports after each epoch but the last
+    if ctx.get_experiment_name().endswith(("_fold1", "_dies")) and ctx.get_world_rank() == 0 and not marker.exists():
+        report = ray.train.report
+
+        def report_then_die(*args, **kwargs):  # the loop reports after each epoch but the last
+            report(*args, **kwargs)
+            time.sleep(5)  # the controller collects the report on its poll
             marker.touch()
             os._exit(1)
 
-        ray.train.report = report_or_die
+        ray.train.report = report_then_die
     train_loop_per_worker(cfg)
 
 
@@ -576,18 +615,39 @@ def test_crossfit_rerun_skips_finished_folds(crossfit_run):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_crossfit_killed_fold_worker_resumes(crossfit_run):
+def test_crossfit_killed_fold_worker_resumes_from_its_checkpoint_to_the_clean_weights(crossfit_run):
     from pathlib import Path
 
     from mer.finetune.model import META_FILE
 
-    _, summary, _ = crossfit_run
+    job, summary, _ = crossfit_run
     out = Path(summary["out"])
     fingerprints = [json.loads((out / p / META_FILE).read_text())["fingerprint"] for p in ("folds/0", "folds/1", ".")]
     assert killed_marker(fingerprints[1]).exists()  # the fault fired: fold 1's rank 0 died after epoch 1
     assert not killed_marker(fingerprints[0]).exists() and not killed_marker(fingerprints[2]).exists()
     killed = summary["fold_models"][1]
-    # Ray Train restarted the run and it trained to the end: 2 epochs x 2 steps (12 rows, 2 workers x 4)
-    assert not killed["skipped"] and len(killed["losses"]) == 4 and killed["step"] == 4
+    # Ray Train restarted the run from its epoch-0 checkpoint, and it trained to the end: 2 epochs x 2 steps
+    # (12 rows, 2 workers x 4); the losses of epoch 0 come from the checkpoint
+    assert not killed["skipped"] and killed["resumed_at_epoch"] == 1
+    assert len(killed["losses"]) == 4 and killed["step"] == 4
     assert killed["export_max_abs_diff"] < 1e-5
+    assert summary["fold_models"][0]["resumed_at_epoch"] is None and summary["full"]["resumed_at_epoch"] is None
     killed_marker(fingerprints[1]).unlink()
+    # nothing of the runs is left in Ray's storage once their exports are copied out
+    assert not any((Path(job.run_dir) / "ray_train").iterdir())
+
+    # The same fold trained by the plain loop, never stopped: the same losses and the same weights.
+    from safetensors.torch import load_file
+
+    from mer.finetune.crossfit import assign_folds
+    from mer.finetune.data import labeled_examples
+    from mer.finetune.launch import finetune
+
+    examples = labeled_examples(job)
+    train = examples[assign_folds(examples["label"], 2, job.finetune.seed) != 1]
+    clean = finetune(job, train, Path(job.run_dir) / "clean_fold1", "clean_fold1")
+    assert clean["resumed_at_epoch"] is None and clean["losses"] == killed["losses"]
+    weights = [load_file(Path(folder) / "model.safetensors") for folder in (clean["out"], out / "folds/1")]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

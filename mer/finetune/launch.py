@@ -4,8 +4,11 @@
 one DeepSpeed rank per worker (one GPU each on a cluster; gloo on CPU). A rerun
 with the same base model, settings and training rows finds the finished export
 (``mer_finetune.json`` fingerprint) and skips training. A dead worker is Ray
-Train's to restart (``FailureConfig(execution.max_failures)``): the run trains
-again from its first step (the loop keeps no mid-run DeepSpeed checkpoint).
+Train's to restart (``FailureConfig(execution.max_failures)``): the run goes on
+from its last epoch's DeepSpeed checkpoint (:mod:`mer.finetune.loop`), and so
+does a rerun after the driver died (Ray Train finds the run's checkpoints under
+the same name); only the newest is kept, and the run's folder is deleted once
+the export is copied out.
 Cross-fitting (:mod:`mer.finetune.crossfit`) calls :func:`finetune` once per
 fold with that fold's training rows and export folder.
 """
@@ -114,7 +117,7 @@ def finetune(
         ``export_max_abs_diff`` (export vs engine logits), ``skipped``,
         ``examples`` (rows trained on).
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     config = worker_config(job, examples)
@@ -132,18 +135,20 @@ def finetune(
         run_config=RunConfig(
             name=name, storage_path=str(run_dir / "ray_train"),
             failure_config=FailureConfig(max_failures=job.execution.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
     result = trainer.fit()
     if out.exists():
         shutil.rmtree(out)
     result.checkpoint.to_directory(str(out))
-    # The export is the result; a second full copy (26 GB for 13B) in Ray's storage is not needed.
-    result.checkpoint.filesystem.delete_dir(result.checkpoint.path)
+    # The export is the result; a second full copy (26 GB for 13B) in Ray's storage is not needed,
+    # and a later run under this name (other settings) must not find this one's checkpoints.
+    result.filesystem.delete_dir(result.path)
     probe = run_dir / f"{name}_{PROBE_FILE}"
     shutil.move(out / PROBE_FILE, probe)
     gap = export_logit_gap(out, probe, trust_remote_code=config["trust_remote_code"])
-    kept = ("loss", "losses", "step", "seconds", "zero_stage", "trainable_params", "total_params")
+    kept = ("loss", "losses", "step", "seconds", "zero_stage", "trainable_params", "total_params", "resumed_at_epoch")
     metrics = {k: v for k, v in result.metrics.items() if k in kept}
     return {
         "out": str(out), "base_model": config["model"], "skipped": False, "export_max_abs_diff": gap,

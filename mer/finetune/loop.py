@@ -6,6 +6,14 @@ pattern Ray documents for DeepSpeed. Every rank runs the same number of steps
 (ZeRO's collectives need it), so each rank's share of the examples is padded
 by ``DistributedSampler``.
 
+After every epoch but the last, every rank writes its part of a DeepSpeed
+checkpoint (its ZeRO shards, rank 0 the module state and ``resume.json``,
+each rank its RNG state) and reports it; Ray merges the ranks' files into one
+checkpoint folder. A worker restarted by Ray Train, or a rerun of the same run
+after the driver died, loads it and goes on from the next epoch with the
+weights, optimizer, scheduler, RNG and losses it had, so it ends with the
+weights of a run that never stopped (tested).
+
 At the end every rank joins the gather of the ZeRO-3 shards; under LoRA the
 gathered state dict holds base weights and adapter matrices, which rank 0
 merges on CPU (peft ``merge_and_unload``) before it writes the
@@ -16,8 +24,10 @@ cluster), so the driver finds it wherever the workers ran.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +49,8 @@ from mer.finetune.model import (
 
 PROBE_SIZE = 4  # examples whose final logits are kept, to check the export
 PROBE_FILE = "probe.safetensors"
+RESUME_FILE = "resume.json"  # in a mid-run checkpoint: what the run had done, and for which inputs
+DS_TAG = "deepspeed"  # the DeepSpeed checkpoint's tag (its subfolder)
 
 
 def _train_dtype(ds_config: dict) -> torch.dtype:
@@ -139,6 +151,53 @@ def _gathered_state_dict(engine) -> dict | None:
     return None
 
 
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _save_resume_point(engine, cfg: dict, rank: int, done: dict, metrics: dict) -> None:
+    """Report the epoch with a checkpoint to resume from; every rank must call it (the save is collective)."""
+    import ray.train
+
+    folder = tempfile.mkdtemp(prefix="mer_ft_resume_")
+    engine.save_checkpoint(folder, tag=DS_TAG)
+    torch.save(_rng_state(), f"{folder}/rng_rank{rank}.pt")
+    if rank == 0:
+        (Path(folder) / RESUME_FILE).write_text(json.dumps({"fingerprint": cfg["fingerprint"], **done}))
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                     delete_local_checkpoint_after_upload=True)
+
+
+def _resume(engine, cfg: dict, rank: int) -> dict | None:
+    """Load the run's last mid-run checkpoint into ``engine``; what it had done, or None to start fresh.
+
+    Only a checkpoint of the same inputs counts (``resume.json``'s fingerprint):
+    a run name is reused across settings, and its last checkpoint may be an
+    earlier run's export.
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    try:
+        with checkpoint.as_directory() as folder:
+            done = json.loads((Path(folder) / RESUME_FILE).read_text())
+            if done.pop("fingerprint") != cfg["fingerprint"]:
+                return None
+            engine.load_checkpoint(folder, tag=DS_TAG)
+            rng = torch.load(f"{folder}/rng_rank{rank}.pt")
+    except FileNotFoundError:  # an export, or a checkpoint deleted after its run finished
+        return None
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return done
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """Fine-tune, report per-epoch losses, gather, export on rank 0.
 
@@ -172,8 +231,10 @@ def train_loop_per_worker(cfg: dict) -> None:
         sampler = DistributedSampler(examples, 1, 0, shuffle=True, seed=cfg["seed"] + rank)
     loader = DataLoader(examples, batch_size=engine.train_micro_batch_size_per_gpu(), sampler=sampler, collate_fn=collate)
 
-    losses, step, start = [], 0, time.perf_counter()
-    for epoch in range(cfg["epochs"]):
+    resumed = _resume(engine, cfg, rank)
+    done = resumed or {"epoch": -1, "step": 0, "losses": []}
+    losses, step, start = done["losses"], done["step"], time.perf_counter()
+    for epoch in range(done["epoch"] + 1, cfg["epochs"]):
         sampler.set_epoch(epoch)
         engine.train()
         epoch_losses = []
@@ -192,7 +253,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         losses.extend(epoch_losses)
         if epoch == cfg["epochs"] - 1 or (cfg["max_steps"] and step >= cfg["max_steps"]):
             break
-        ray.train.report({"epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses))})
+        _save_resume_point(engine, cfg, rank, {"epoch": epoch, "step": step, "losses": losses},
+                           {"epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses))})
 
     # Every rank forwards its probe batch (ZeRO-3 forwards are collective); rank 0 keeps its logits.
     engine.eval()
@@ -201,6 +263,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         probe_logits = engine(**to_device(probe_inputs)).float().cpu()
     metrics = {
         "epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses)), "losses": losses,
+        "resumed_at_epoch": resumed and resumed["epoch"] + 1,
         "seconds": round(time.perf_counter() - start, 1),
         "zero_stage": zero_stage(ds_config), "world_size": world,
         "trainable_params": trainable_params, "total_params": total_params,

@@ -141,6 +141,31 @@ def _rows(manifest: Path, n: int) -> pd.DataFrame:
                        video=[str(manifest.parent / v) for v in rows["video"]])
 
 
+def _drive(script: str, args: list[str], logs: Path, node2: subprocess.Popen, ready) -> dict:
+    """Run a driver script on the cluster, SIGKILL node 2's raylet once ``ready()``; the driver's RESULT.
+
+    The driver must still be running when node 2 dies, and must end with exit
+    code 0 (its log is in the assertion message otherwise).
+    """
+    with open(logs / "driver.log", "w") as err:
+        driver = subprocess.Popen([sys.executable, "-c", script, *args], env=_env(), stdout=subprocess.PIPE,
+                                  stderr=err, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not ready():
+            assert driver.poll() is None and time.monotonic() < deadline, (logs / "driver.log").read_text()[-4000:]
+            time.sleep(0.2)
+        _raylet_of(node2).send_signal(signal.SIGKILL)
+        assert driver.poll() is None  # node 2 died while the driver still ran
+        out, _ = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 0, (logs / "driver.log").read_text()[-4000:]
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
 @pytest.mark.timeout(600)
 def test_extraction_survives_losing_a_node(cluster, tmp_path):
     from mer.corpus.demo import make_demo_corpus
@@ -149,25 +174,14 @@ def test_extraction_survives_losing_a_node(cluster, tmp_path):
     rows = _rows(make_demo_corpus(tmp_path / "demo", n_train=8, n_unlabeled=0, n_test=0, seed=3, workers=1), N)
     rows.to_csv(tmp_path / "rows.csv", index=False)
     store = tmp_path / "store"
-    with open(logs / "driver.log", "w") as err:
-        driver = subprocess.Popen([sys.executable, "-c", DRIVER, address, str(tmp_path / "rows.csv"), str(store)],
-                                  env=_env(), stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
-    try:
-        seen: set[str] = set()
-        deadline = time.monotonic() + 300
-        while seen != {"head", "node2"} and driver.poll() is None and time.monotonic() < deadline:
-            seen.update(name for name, proc in (("head", head), ("node2", node2)) if _runs(proc, "EncodeActor", ".submit"))
-            time.sleep(0.2)
-        assert seen == {"head", "node2"}, f"encoder actors worked on {seen}"  # both nodes work
-        _raylet_of(node2).send_signal(signal.SIGKILL)  # node 2 goes with a batch in its actor
-        assert driver.poll() is None  # node 2 died while the extraction still ran
-        out, _ = driver.communicate(timeout=400)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-    assert driver.returncode == 0, (logs / "driver.log").read_text()[-4000:]
-    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    seen: set[str] = set()
+
+    def both_nodes_encode() -> bool:
+        seen.update(name for name, proc in (("head", head), ("node2", node2)) if _runs(proc, "EncodeActor", ".submit"))
+        return seen == {"head", "node2"}
+
+    # node 2 goes with a batch in its actor
+    result = _drive(DRIVER, [address, str(tmp_path / "rows.csv"), str(store)], logs, node2, both_nodes_encode)
     # the loss reached mer: the clips node 2 had not returned ran again in a new Ray Data run
     assert "remaining clips again" in (logs / "driver.log").read_text()
 
@@ -181,7 +195,7 @@ def test_extraction_survives_losing_a_node(cluster, tmp_path):
 # for each seed Ray Train had to resume, the same fit again on what is left of the cluster without a
 # failure (``run_dir`` + "_clean"). One JSON line: seed -> (checkpoint, resumed_at, clean checkpoint).
 TRAIN_DRIVER = textwrap.dedent("""\
-    import dataclasses, json, sys
+    import json, sys
     import ray
     from mer.config import job_from_dict
     from mer.train import stage
@@ -247,29 +261,16 @@ def test_training_resumes_on_the_remaining_node(cluster, tmp_path):
     }
     write_synthetic_features(job_from_dict(data), {"train": 300, "test": 60}, seed=0)
     (tmp_path / "job.json").write_text(json.dumps(data))
-    with open(logs / "driver.log", "w") as err:
-        driver = subprocess.Popen([sys.executable, "-c", TRAIN_DRIVER, address, str(tmp_path / "job.json")],
-                                  env=_env(), stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
     ray_train = tmp_path / "run" / "ray_train"
-    try:
-        deadline = time.monotonic() + 400
-        # both seeds have a registered checkpoint of 3 of their 16 epochs, and node 2 trains one of them
-        while True:
-            done = _epochs_registered(ray_train)
-            if len(done) == 2 and min(done.values()) >= 3 and _runs(node2, "RayTrainWorker"):
-                break
-            assert driver.poll() is None and time.monotonic() < deadline, (logs / "driver.log").read_text()[-4000:]
-            time.sleep(0.2)
-        assert _runs(head, "RayTrainWorker")  # the other seed trains on the head
-        _raylet_of(node2).send_signal(signal.SIGKILL)
-        assert driver.poll() is None  # node 2 died while both seeds still trained
-        out, _ = driver.communicate(timeout=600)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-    assert driver.returncode == 0, (logs / "driver.log").read_text()[-4000:]
-    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+    def both_seeds_checkpointed_one_per_node() -> bool:
+        """Both seeds have a registered checkpoint of 3 of their 16 epochs; one trains on each node."""
+        done = _epochs_registered(ray_train)
+        return (len(done) == 2 and min(done.values()) >= 3 and _runs(node2, "RayTrainWorker")
+                and _runs(head, "RayTrainWorker"))
+
+    result = _drive(TRAIN_DRIVER, [address, str(tmp_path / "job.json")], logs, node2,
+                    both_seeds_checkpointed_one_per_node)
     resumed = {seed: r for seed, r in result.items() if r[1]}
     assert len(resumed) == 1, result  # exactly the seed node 2 trained had to resume
     (checkpoint, resumed_at, clean), = resumed.values()
