@@ -325,24 +325,31 @@ def test_zero3_text_finetune_export_and_reextract(zero3_run, text_manifest, tiny
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_zero3_worker_lost_after_epoch_one_resumes_to_the_same_weights(zero3_run, tmp_path):
-    """Each rank's ZeRO-3 shards, optimizer and RNG come back from the epoch-0 checkpoint."""
+def test_zero3_run_that_failed_after_epoch_one_resumes_on_rerun_to_the_same_weights(zero3_run, tmp_path):
+    """No restarts left (``max_failures: 0``): the run fails; the user's rerun picks up its epoch-0 checkpoint.
+
+    Each rank's ZeRO-3 shards, optimizer and RNG state come back, so the rerun
+    ends with the losses and weights of the run that never failed.
+    """
     from pathlib import Path
 
+    import ray.train
     from safetensors.torch import load_file
 
     from mer.config import with_values
     from mer.finetune.launch import finetune, worker_config
 
     job, clean, _ = zero3_run
+    job = with_values(job, {"run_dir": str(tmp_path / "run"), "execution.max_failures": 0})
     marker = killed_marker(worker_config(job)["fingerprint"])
-    killed = finetune(with_values(job, {"run_dir": str(tmp_path / "run")}), name="finetune_text_dies",
-                      worker_loop=dying_on_fold1)
+    with pytest.raises(ray.train.TrainingFailedError):
+        finetune(job, name="finetune_text_dies", worker_loop=dying_on_fold1)
     assert marker.exists()  # the fault fired
     marker.unlink()
-    assert killed["resumed_at_epoch"] == 1 and clean["resumed_at_epoch"] is None
-    assert killed["losses"] == clean["losses"] and killed["step"] == clean["step"]
-    weights = [load_file(Path(folder) / "model.safetensors") for folder in (clean["out"], killed["out"])]
+    resumed = finetune(job, name="finetune_text_dies")
+    assert resumed["resumed_at_epoch"] == 1 and clean["resumed_at_epoch"] is None
+    assert resumed["losses"] == clean["losses"] and resumed["step"] == clean["step"]
+    weights = [load_file(Path(folder) / "model.safetensors") for folder in (clean["out"], resumed["out"])]
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
 
