@@ -258,8 +258,10 @@ class FinetuneConfig:
             training labels. 0 or 1 = one model on every labeled row, which then
             extracts every row.
         crossfit_other: which model extracts the rows outside the folds
-            (unlabeled and test): ``full`` = a model fine-tuned on every labeled
-            row, the only choice implemented.
+            (unlabeled, test, clips served later): ``full`` = one more model,
+            fine-tuned on every labeled row; ``average`` = the mean of the fold
+            models' features (K fine-tunes instead of K + 1; the K models are
+            loaded together to extract).
     """
 
     role: str = "text"
@@ -288,8 +290,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.folds < 0:
             raise ConfigError(f"finetune.folds: expected a fold count >= 2, or 0 or 1 for one model, got {self.folds}")
-        if self.crossfit_other != "full":
-            raise ConfigError(f"finetune.crossfit_other: only 'full' is implemented, got {self.crossfit_other!r}")
+        if self.crossfit_other not in ("full", "average"):
+            raise ConfigError(f"finetune.crossfit_other: expected full or average, got {self.crossfit_other!r}")
 
 
 @dataclass

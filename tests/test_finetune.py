@@ -468,8 +468,9 @@ def test_crossfit_config_values():
     assert FinetuneConfig().folds == 5 and FinetuneConfig().crossfit_other == "full"
     with pytest.raises(ConfigError, match="finetune.folds: expected a fold count >= 2"):
         job_from_dict({"name": "x", "manifest": "m.csv", "finetune": {"folds": -1}})
-    with pytest.raises(ConfigError, match="finetune.crossfit_other: only 'full'"):
-        job_from_dict({"name": "x", "manifest": "m.csv", "finetune": {"crossfit_other": "average"}})
+    assert job_from_dict({"name": "x", "manifest": "m.csv", "finetune": {"crossfit_other": "average"}})
+    with pytest.raises(ConfigError, match="finetune.crossfit_other: expected full or average, got 'mean'"):
+        job_from_dict({"name": "x", "manifest": "m.csv", "finetune": {"crossfit_other": "mean"}})
 
 
 def test_crossfit_pseudo_rows_go_into_folds(tmp_path, text_manifest, tiny_llama, monkeypatch):
@@ -499,6 +500,69 @@ def test_crossfit_pseudo_rows_go_into_folds(tmp_path, text_manifest, tiny_llama,
     assert who["unlabeled_02"] == who["test_00"] == cf.FULL  # no pseudo-label: the full model's
     for sid, path in who.items():
         assert sid not in cf.training_ids(record, path), (sid, path)
+
+
+def test_crossfit_average_extracts_other_rows_with_the_mean_of_the_fold_models(
+        tmp_path, ray_local, text_manifest, tiny_llama, monkeypatch):
+    """``crossfit_other: average``: no full model; unlabeled and test rows get the fold models' mean features.
+
+    The fold "fine-tunes" are the tiny model with seeded noise on its weights
+    (no DeepSpeed); extraction, the record and the encoder are the real ones.
+    """
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from mer.config import with_values
+    from mer.encoders import build_encoder, encoder_version
+    from mer.encoders.fold_average import FoldAverage
+    from mer.finetune import crossfit as cf
+    from mer.finetune.stage import run as finetune_stage
+    from mer.store import open_store
+
+    trained = []
+
+    def fake_finetune(job, examples, out, name, worker_loop):  # a distinct model per fold, no training
+        trained.append(name)
+        model = LlamaForCausalLM.from_pretrained(tiny_llama)
+        torch.manual_seed(len(trained))
+        with torch.no_grad():
+            for weight in model.parameters():
+                weight.add_(0.05 * torch.randn_like(weight))
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(out)
+        return {"out": str(out), "skipped": False, "examples": len(examples), "losses": [1.0], "seconds": 0}
+
+    monkeypatch.setattr(cf, "finetune", fake_finetune)
+    job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 2}, folds=2, crossfit_other="average")
+    out = cf.crossfit_dir(job)
+    out.mkdir(parents=True)
+    (out / "model.safetensors").write_text("an earlier run's full model")
+    summary = finetune_stage(job, echo=lambda line: None)
+
+    assert trained == ["finetune_text_fold0", "finetune_text_fold1"] and summary["full"] is None
+    assert sorted(p.name for p in out.iterdir()) == [cf.RECORD_FILE, cf.FOLDS_DIR]  # the stale full model is gone
+    record = cf.read_record(out)
+    assert record["other"] == "average" and record["full"] is None
+    spec = with_values(job, summary["job_updates"]).encoders["text"]
+    encoder = build_encoder(spec)
+    assert isinstance(encoder, FoldAverage) and len(encoder.members) == 2
+    assert encoder.version == encoder_version(spec) == summary["extract"]["text"]["version"]
+    assert summary["extract"]["text"]["by_model"] == {"folds/0": 12, "folds/1": 12, cf.AVERAGE: 12}
+
+    stored = open_store(job.store).read("hf_text", encoder.version)
+    who = cf.extractors(record, stored.ids)
+    assert set(who[stored.split != "train"]) == {cf.AVERAGE}
+    assert cf.training_ids(record, cf.AVERAGE) == set(stored.ids[stored.split == "train"])
+    rows = pd.read_csv(job.manifest, keep_default_na=False).set_index("sample_id")
+    folds = [build_encoder(with_values(job, {"encoders.text.model": str(out / f"folds/{k}")}).encoders["text"])
+             for k in range(2)]
+    for sid, vector in zip(stored.ids, stored.vector):
+        payload = [folds[0].prepare(rows.loc[sid].to_dict())]
+        per_fold = [fold.encode(payload)[0][0] for fold in folds]
+        expected = np.mean(per_fold, axis=0) if who[sid] == cf.AVERAGE else per_fold[int(Path(who[sid]).name)]
+        np.testing.assert_allclose(vector, expected, atol=1e-5, err_msg=sid)
+    assert not np.allclose(per_fold[0], per_fold[1], atol=1e-3)  # the folds differ: an average is not either one
 
 
 def killed_marker(fingerprint: str):

@@ -9,11 +9,13 @@ editing this registry. No Ray here.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 
 from mer.config import EncoderSpec
 from mer.encoders.base import Encoder, segment_means, weights_fingerprint
+from mer.encoders.fold_average import FoldAverage, averaged_folds
 from mer.encoders.frames import FramesEncoder
 from mer.encoders.hf_audio import HFAudioEncoder
 from mer.encoders.hf_clip import HFClipEncoder
@@ -53,8 +55,16 @@ def encoder_class(alias: str) -> type[Encoder]:
 
 
 def build_encoder(spec: EncoderSpec, device: str = "cpu") -> Encoder:
-    """An encoder for ``spec``; weights load on its first ``encode`` call."""
-    return encoder_class(spec.alias)(spec, device)
+    """An encoder for ``spec``; weights load on its first ``encode`` call.
+
+    A cross-fitted export that averages its fold models gives a
+    :class:`~mer.encoders.fold_average.FoldAverage` of them.
+    """
+    cls = encoder_class(spec.alias)
+    folds = averaged_folds(cls.resolve_model(spec))
+    if folds:
+        return FoldAverage([cls(dataclasses.replace(spec, model=f), device) for f in folds], cls.compute_version(spec))
+    return cls(spec, device)
 
 
 def encoder_version(spec: EncoderSpec) -> str:
@@ -91,8 +101,6 @@ def feature_ref(role: str, spec: EncoderSpec) -> FeatureRef:
 
 def augment_spec(job) -> EncoderSpec:
     """The audio spec of ``train.audio_augment``'s noisy training copies (the extract stage writes them)."""
-    import dataclasses
-
     return dataclasses.replace(job.encoders["audio"], corrupt=job.train.audio_augment, noise_source="")
 
 

@@ -8,20 +8,24 @@ stacking leak: fine-tuned MiniLM scored 7 points *below* frozen MiniLM in
 it: the labeled rows (train split, plus accepted pseudo-labels when
 ``finetune.pseudo_labels`` is set) are split into ``finetune.folds`` folds,
 stratified by label and seeded by ``finetune.seed``; fold model ``k`` trains on
-the other folds and extracts fold ``k``; a model trained on every labeled row
-(``finetune.crossfit_other: full``) extracts every other row (unlabeled, test,
-and rows added later). Our choice where the paper is silent: the paper
-fine-tunes once on all labeled clips.
+the other folds and extracts fold ``k``. Every other row (unlabeled, test, and
+rows added later) is extracted by a model trained on every labeled row
+(``finetune.crossfit_other: full``) or gets the mean of the fold models'
+features (``average``: no extra fine-tune, :mod:`mer.encoders.fold_average`).
+Our choice where the paper is silent: the paper fine-tunes once on all labeled
+clips.
 
 The export folder (``finetune.out``, default ``run_dir/finetuned_<role>_crossfit``)::
 
     <out>/                  the full model: a plain Hugging Face folder, like a single fine-tune's
+                            (``full`` only)
     <out>/folds/<k>/        fold k's model, same layout
     <out>/crossfit.json     the per-row record: each fold model's training ids and the ids it
-                            extracted; the full model's training ids (it extracts every other row)
+                            extracted; ``other``; the full model's training ids (``full``)
 
-``hf_text``/``hf_clip`` load the top-level model, so the folder is a drop-in
-``encoders.<role>.model``. The folder's weights fingerprint covers every file in
+With ``full``, ``hf_text``/``hf_clip`` load the top-level model; with
+``average``, :func:`mer.encoders.build_encoder` loads the fold models; either
+way the folder is a drop-in ``encoders.<role>.model``. The folder's weights fingerprint covers every file in
 it (fold models and record included), so the cross-fitted table is a new
 encoder version, neither the frozen one nor a single fine-tune's, and a table
 version names exactly which models wrote it. Each model's export carries its
@@ -40,14 +44,15 @@ import numpy as np
 import pandas as pd
 
 from mer.config import Job, with_values
+from mer.encoders.fold_average import RECORD_FILE
 from mer.errors import MerError
 from mer.finetune.data import labeled_examples
 from mer.finetune.launch import finetune
 from mer.finetune.loop import train_loop_per_worker
 
-RECORD_FILE = "crossfit.json"
 FOLDS_DIR = "folds"
 FULL = "."  # the full model's path in the record: the folder itself
+AVERAGE = FOLDS_DIR  # what extracted the other rows under ``average``: every fold model
 
 
 def crossfit_dir(job: Job) -> Path:
@@ -89,39 +94,55 @@ def read_record(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def other_path(record: dict) -> str:
+    """What extracted the rows outside the folds: ``.`` (the full model) or ``folds`` (their average)."""
+    return AVERAGE if record["other"] == "average" else FULL
+
+
 def extractors(record: dict, sample_ids) -> pd.Series:
-    """Which model's path (``folds/<k>``, or ``.`` for the full model) extracted each of ``sample_ids``."""
+    """Which model's path (``folds/<k>``; ``.`` the full model; ``folds`` their average) extracted each id."""
     by_id = {sid: model["path"] for model in record["folds"] for sid in model["extracted"]}
-    return pd.Series([by_id.get(str(sid), FULL) for sid in sample_ids], index=list(sample_ids), name="extractor")
+    other = other_path(record)
+    return pd.Series([by_id.get(str(sid), other) for sid in sample_ids], index=list(sample_ids), name="extractor")
 
 
 def training_ids(record: dict, path: str) -> set[str]:
     """The sample ids the model at ``path`` (as :func:`extractors` names it) was fine-tuned on."""
+    if path == AVERAGE:
+        return {sid for model in record["folds"] for sid in model["train_ids"]}
     models = {model["path"]: model for model in record["folds"]} | {FULL: record["full"]}
     return set(models[path]["train_ids"])
 
 
 def crossfit(job: Job, echo=print, worker_loop=train_loop_per_worker) -> dict:
-    """Fine-tune the full model and one model per fold, then write the per-row record.
+    """Fine-tune one model per fold (and the full model under ``full``), then write the per-row record.
 
     Progress: one line per model. The full model trains first: retraining it
     replaces the whole folder, fold models included (their fingerprints have
-    changed too then).
+    changed too then). Under ``average`` a full model left by an earlier run is
+    removed, fold models kept.
 
     Returns:
-        Summary: ``out`` (the export folder), ``folds``, ``full`` and
-        ``fold_models`` (each :func:`mer.finetune.launch.finetune`'s summary),
-        ``skipped`` (no model trained), ``examples``.
+        Summary: ``out`` (the export folder), ``folds``, ``full`` (None under
+        ``average``) and ``fold_models`` (each
+        :func:`mer.finetune.launch.finetune`'s summary), ``skipped`` (no model
+        trained), ``examples``.
     """
     cfg = job.finetune
     out = crossfit_dir(job)
     examples = labeled_examples(job)
     fold = assign_folds(examples["label"], cfg.folds, cfg.seed)
     name = f"finetune_{cfg.role}"
-    full = finetune(job, examples, out, name, worker_loop)
-    echo(_progress("full model", full))
-    record = {"seed": cfg.seed, "other": cfg.crossfit_other, "folds": [],
-              "full": {"path": FULL, "train_ids": sorted(examples["sample_id"])}}
+    record = {"seed": cfg.seed, "other": cfg.crossfit_other, "folds": [], "full": None}
+    full = None
+    if cfg.crossfit_other == "full":
+        full = finetune(job, examples, out, name, worker_loop)
+        echo(_progress("full model", full))
+        record["full"] = {"path": FULL, "train_ids": sorted(examples["sample_id"])}
+    elif out.is_dir():
+        for stale in out.iterdir():  # an earlier full model's files
+            if stale.name != FOLDS_DIR:
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     fold_models = []
     for k in range(cfg.folds):
         path = f"{FOLDS_DIR}/{k}"
@@ -139,7 +160,7 @@ def crossfit(job: Job, echo=print, worker_loop=train_loop_per_worker) -> dict:
     (out / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
     return {
         "out": str(out), "folds": cfg.folds, "examples": len(examples),
-        "skipped": full["skipped"] and all(s["skipped"] for s in fold_models),
+        "skipped": (full is None or full["skipped"]) and all(s["skipped"] for s in fold_models),
         "full": full, "fold_models": fold_models,
     }
 
@@ -175,10 +196,13 @@ def extract_crossfit(job: Job, echo=print) -> dict:
     version = encoder_version(job.encoders[role])
     held = {sid for model in record["folds"] for sid in model["extracted"]}
     rest = [sid for sid in read_manifest(job.manifest)["sample_id"].astype(str) if sid not in held]
-    passes = [(f"fold {k + 1}/{len(record['folds'])} model", m["path"], m["extracted"]) for k, m in enumerate(record["folds"])]
+    passes = [(f"fold {k + 1}/{len(record['folds'])} model", m["path"], folder / m["path"], m["extracted"])
+              for k, m in enumerate(record["folds"])]
+    # the other rows: the folder itself, which loads as the full model or as the fold average
+    other = ("full model" if record["other"] == "full" else "fold average", other_path(record), folder, rest)
     results = {}
-    for label, path, ids in [*passes, ("full model", FULL, rest)]:
-        model_job = with_values(job, {f"encoders.{role}.model": str(folder / path)})
+    for label, path, model, ids in [*passes, other]:
+        model_job = with_values(job, {f"encoders.{role}.model": str(model)})
         results[path] = extract(
             model_job, lambda line, label=label: echo(f"{line} [{label}]"), roles=[role], sample_ids=ids,
             version=version,
