@@ -10,7 +10,9 @@ Ray Train CPU workers; folds and init seeded with the seed). The single
 fine-tune is that full model: same settings and rows, hence the same
 fingerprint, so it is copied into its own folder, where the single-model stage
 (``finetune.folds: 0``) finds it finished and only re-extracts every row with
-it. Each feature set gets the same classifiers with the same seed
+it. The fold-average variant (``finetune.crossfit_other: average``) gets copies
+of the same fold models, so its stage only extracts: train rows as the
+cross-fit's, the test rows with the mean of the fold models. Each feature set gets the same classifiers with the same seed
 (``mer.train.fit``): ``linear`` (logistic regression, the baseline every quality
 table shows) and ``unimodal`` (the MLP of the first version of this benchmark);
 weighted F1 on the test split, and F1 of worried and sad (the classes the test
@@ -33,7 +35,7 @@ import pandas as pd
 
 CORPORA = {"demo": {"seed": 0, "style": "demo"}, "heldout": {"seed": 101, "style": "heldout"}}
 CLASSIFIERS = ("linear", "unimodal")
-FEATURES = ("frozen", "finetuned", "crossfit")
+FEATURES = ("frozen", "finetuned", "crossfit", "crossfit_avg")
 SHIFTED = ("worried", "sad")  # per-class F1 every quality table shows
 
 
@@ -76,6 +78,14 @@ def single_from_crossfit(crossfit_out: Path, single_out: Path) -> None:
     for file in crossfit_out.iterdir():
         if file.is_file() and file.name != RECORD_FILE:
             shutil.copy2(file, single_out / file.name)
+
+
+def folds_from_crossfit(crossfit_out: Path, average_out: Path) -> None:
+    """The cross-fit's fold models alone: what ``crossfit_other: average`` would have trained."""
+    from mer.finetune.crossfit import FOLDS_DIR
+
+    if not (average_out / FOLDS_DIR).exists():
+        shutil.copytree(crossfit_out / FOLDS_DIR, average_out / FOLDS_DIR)
 
 
 def main() -> None:
@@ -127,9 +137,16 @@ def main() -> None:
             single_summary = finetune_stage(single)
             assert single_summary["skipped"], "the full model's fingerprint should match the single fine-tune's"
             finetuned = with_values(single, single_summary["job_updates"])
+            average_out = out / corpus / f"crossfit_avg_s{seed}"
+            folds_from_crossfit(Path(summary["out"]), average_out)
+            average = job(corpus, seed, crossfit_other="average", out=str(average_out))
+            average_summary = finetune_stage(average)
+            assert average_summary["skipped"], "the fold models' fingerprints should match the cross-fit's"
+            averaged = with_values(average, average_summary["job_updates"])
             for model in CLASSIFIERS:
                 row = {"corpus": corpus, "seed": seed, "classifier": model, "crossfit_minutes": round(minutes, 1)}
-                for name, features in (("frozen", frozen), ("finetuned", finetuned), ("crossfit", crossfit)):
+                for name, features in (("frozen", frozen), ("finetuned", finetuned), ("crossfit", crossfit),
+                                       ("crossfit_avg", averaged)):
                     scores = fit_and_score(features, model, seed, out / corpus / f"clf_{name}_{model}_s{seed}")
                     row[name] = scores.pop("wf1")
                     row.update({f"{name}_{label}": f1 for label, f1 in scores.items()})

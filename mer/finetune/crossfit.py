@@ -25,10 +25,10 @@ The export folder (``finetune.out``, default ``run_dir/finetuned_<role>_crossfit
 
 With ``full``, ``hf_text``/``hf_clip`` load the top-level model; with
 ``average``, :func:`mer.encoders.build_encoder` loads the fold models; either
-way the folder is a drop-in ``encoders.<role>.model``. The folder's weights fingerprint covers every file in
-it (fold models and record included), so the cross-fitted table is a new
-encoder version, neither the frozen one nor a single fine-tune's, and a table
-version names exactly which models wrote it. Each model's export carries its
+way the folder is a drop-in ``encoders.<role>.model``. The folder's weights
+fingerprint covers every file in it (fold models and record included), so the
+cross-fitted table is a new encoder version, neither the frozen one nor a
+single fine-tune's, and a table version names exactly which models wrote it. Each model's export carries its
 own fingerprint (``mer_finetune.json``): a rerun skips finished models and
 re-extracts nothing that is stored.
 """
