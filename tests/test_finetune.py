@@ -464,6 +464,17 @@ def test_assign_folds_stratified_seeded_and_role_free():
         assign_folds(labels[:4], 5, seed=0)
 
 
+def test_more_workers_than_gpus_is_an_error_before_anything_starts(tmp_path, ray_local, text_manifest, tiny_llama):
+    """3 GPU workers on Ray's 2 fake GPUs: Ray Train would wait for the third forever."""
+    from mer.finetune.launch import finetune
+
+    job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 2}, num_workers=3, use_gpu=True)
+    with pytest.raises(MerError, match=r"3 Ray Train worker\(s\) needing GPU: 1 each cannot be placed: the live "
+                                       r"nodes hold 2 .*finetune.num_workers / finetune.use_gpu"):
+        finetune(job)
+    assert not (tmp_path / "run").exists()
+
+
 def test_crossfit_config_values():
     assert FinetuneConfig().folds == 5 and FinetuneConfig().crossfit_other == "full"
     with pytest.raises(ConfigError, match="finetune.folds: expected a fold count >= 2"):

@@ -102,14 +102,16 @@ def test_checkpoint_round_trip_identical_predictions(root, trained, tmp_path):
 def test_a_worker_no_node_can_hold_is_an_error_not_a_wait(root):
     """Ray Train would retry its worker-group start forever; mer says what is missing at once."""
     from mer.errors import MerError
-    from mer.train.fit import fit, worker_resources
+    from mer.placement import worker_resources
+    from mer.train.fit import fit, scaling
 
     job = make_job(root, run="run_unplaceable", execution={"resources_per_worker": {"CPU": 1, "trainer": 1}})
-    assert worker_resources(job.execution) == {"CPU": 1, "trainer": 1}
-    with pytest.raises(MerError, match=r"needs CPU: 1, trainer: 1 \(nodes have: CPU: 2, GPU: 2"):
+    assert worker_resources(scaling(job.execution)) == {"CPU": 1, "trainer": 1}
+    with pytest.raises(MerError, match=r"^1 Ray Train worker\(s\) needing CPU: 1, trainer: 1 each cannot be placed: "
+                                       r"the live nodes hold 0 \(nodes have: CPU: 2, GPU: 2"):
         fit(job, "agt", 0, root / "ckpt_unplaceable")
-    with pytest.raises(MerError, match="needs GPU: 3"):
-        fit(make_job(root, run="run_unplaceable", execution={"use_gpu": True, "resources_per_worker": {"GPU": 3}}),
+    with pytest.raises(MerError, match="3 Ray Train worker.* needing GPU: 1 each .* hold 2 .*execution.num_workers"):
+        fit(make_job(root, run="run_unplaceable", execution={"use_gpu": True, "num_workers": 3}),
             "agt", 0, root / "ckpt_unplaceable")
     assert not (root / "run_unplaceable").exists() and not (root / "ckpt_unplaceable").exists()
 

@@ -29,6 +29,7 @@ from mer.finetune.data import labeled_examples
 from mer.finetune.dsconfig import resolve_deepspeed_config
 from mer.finetune.loop import PROBE_FILE, train_loop_per_worker
 from mer.finetune.model import META_FILE, export_logit_gap
+from mer.placement import check_placeable
 
 
 def export_dir(job: Job) -> Path:
@@ -126,11 +127,13 @@ def finetune(
     done = _finished(out, config["fingerprint"])
     if done:
         return {"out": str(out), "skipped": True, "examples": config["num_examples"], **done["train_metrics"]}
+    scaling = ScalingConfig(num_workers=job.finetune.num_workers, use_gpu=job.finetune.use_gpu)
+    check_placeable(scaling, "finetune.num_workers / finetune.use_gpu")
     run_dir = Path(job.run_dir).resolve()
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=job.finetune.num_workers, use_gpu=job.finetune.use_gpu),
+        scaling_config=scaling,
         torch_config=TorchConfig(backend=config["backend"]),
         run_config=RunConfig(
             name=name, storage_path=str(run_dir / "ray_train"),

@@ -23,6 +23,7 @@ import pandas as pd
 
 from mer.config import ExecutionConfig, Job
 from mer.errors import MerError
+from mer.placement import check_placeable
 from mer.train.cache import fit_name
 from mer.train.checkpoint import CONFIG, OOF_FILE
 from mer.train.crossval import out_of_fold
@@ -65,39 +66,12 @@ def train_one(job: Job, loop_config: dict, storage: Path, name: str, worker_loop
             logging.getLogger(__name__).warning("Ray Train controller failed on %s; resuming it", name)
 
 
-def worker_resources(cfg: ExecutionConfig) -> dict[str, float]:
-    """What one Ray Train worker asks Ray for, as ``ScalingConfig`` resolves it."""
-    return dict(_scaling(cfg)._resources_per_worker_not_none)
-
-
-def _scaling(cfg: ExecutionConfig):
+def scaling(cfg: ExecutionConfig):
+    """The ``ScalingConfig`` of every fit: ``execution.num_workers``, ``use_gpu``, ``resources_per_worker``."""
     import ray.train
 
     return ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                               resources_per_worker=cfg.resources_per_worker or None)
-
-
-def check_placeable(cfg: ExecutionConfig) -> None:
-    """MerError when no live node can ever hold one Ray Train worker.
-
-    Ray Train would otherwise wait for the resources without end, retrying its
-    worker-group start every minute (``use_gpu`` on a cluster without GPUs, a
-    custom resource no node was started with). Without a running Ray there is
-    nothing to check: the trainer starts a local one with this machine's
-    resources.
-    """
-    import ray
-
-    if not ray.is_initialized():
-        return
-    need = worker_resources(cfg)
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if not any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
-        have = "; ".join(", ".join(f"{k}: {v:g}" for k, v in sorted(n.items()) if not k.startswith("node:")
-                                   and k not in ("memory", "object_store_memory")) for n in nodes)
-        raise MerError(f"execution: no live Ray node can hold a training worker that needs "
-                       f"{', '.join(f'{k}: {v:g}' for k, v in need.items())} (nodes have: {have or 'none'}); "
-                       "set execution.use_gpu / execution.resources_per_worker to what the cluster has")
+                                   resources_per_worker=cfg.resources_per_worker or None)
 
 
 def _trainer(job: Job, loop_config: dict, storage: Path, name: str, worker_loop):
@@ -108,7 +82,7 @@ def _trainer(job: Job, loop_config: dict, storage: Path, name: str, worker_loop)
     return TorchTrainer(
         worker_loop or train_loop,
         train_loop_config=loop_config,
-        scaling_config=_scaling(cfg),
+        scaling_config=scaling(cfg),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(storage),
@@ -149,7 +123,7 @@ def fit(
         ``out_dir`` as a Path.
     """
     cfg = job.train
-    check_placeable(job.execution)
+    check_placeable(scaling(job.execution), "execution.num_workers / use_gpu / resources_per_worker")
     plan = plan or plan_read(job, streaming=streaming)
     extra = _extra_dict(extra_labels, job.labels)
     out = Path(out_dir)
