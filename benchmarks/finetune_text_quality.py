@@ -157,8 +157,9 @@ def main() -> None:
     print(table.to_string(index=False))
     for (corpus, model), group in table.groupby(["corpus", "classifier"], sort=False):
         figures = ", ".join(f"{name} {group[name].mean():.4f} +- {group[name].std():.4f}" for name in FEATURES)
-        gain = 100 * (group["crossfit"].mean() - group["frozen"].mean())
-        print(f"{corpus} / {model} ({len(group)} seeds): weighted F1 {figures}; cross-fitted - frozen = {gain:+.1f} points")
+        gains = ", ".join(f"{name} - frozen = {100 * (group[name].mean() - group['frozen'].mean()):+.1f}"
+                          for name in ("crossfit", "crossfit_avg"))
+        print(f"{corpus} / {model} ({len(group)} seeds): weighted F1 {figures}; {gains} points")
         for label in SHIFTED:
             print(f"    F1 {label}: " + ", ".join(f"{name} {group[f'{name}_{label}'].mean():.3f}" for name in FEATURES))
 

@@ -37,8 +37,12 @@ def check_placeable(scaling, settings: str) -> None:
     fit = sum(min((int(node.get(k, 0) // v) for k, v in need.items()), default=scaling.num_workers)
               for node in nodes)
     if fit < scaling.num_workers:
-        have = "; ".join(", ".join(f"{k}: {v:g}" for k, v in sorted(n.items()) if not k.startswith("node:")
-                                   and k not in ("memory", "object_store_memory")) for n in nodes)
-        raise MerError(f"{scaling.num_workers} Ray Train worker(s) needing "
-                       f"{', '.join(f'{k}: {v:g}' for k, v in need.items())} each cannot be placed: the live nodes "
-                       f"hold {fit} (nodes have: {have or 'none'}); set {settings} to what the cluster has")
+        have = "; ".join(_listed({k: v for k, v in sorted(n.items()) if not k.startswith("node:")
+                                  and k not in ("memory", "object_store_memory")}) for n in nodes)
+        raise MerError(f"{scaling.num_workers} Ray Train worker(s) needing {_listed(need)} each cannot be placed: "
+                       f"the live nodes hold {fit} (nodes have: {have or 'none'}); set {settings} to what the "
+                       "cluster has")
+
+
+def _listed(resources: dict[str, float]) -> str:
+    return ", ".join(f"{k}: {v:g}" for k, v in resources.items())

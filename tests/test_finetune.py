@@ -343,7 +343,7 @@ def test_zero3_run_that_failed_after_epoch_one_resumes_on_rerun_to_the_same_weig
     job = with_values(job, {"run_dir": str(tmp_path / "run"), "execution.max_failures": 0})
     marker = killed_marker(worker_config(job)["fingerprint"])
     with pytest.raises(ray.train.TrainingFailedError):
-        finetune(job, name="finetune_text_dies", worker_loop=dying_on_fold1)
+        finetune(job, name="finetune_text_dies", worker_loop=dying_after_first_checkpoint)
     assert marker.exists()  # the fault fired
     marker.unlink()
     resumed = finetune(job, name="finetune_text_dies")
@@ -577,14 +577,14 @@ def test_crossfit_average_extracts_other_rows_with_the_mean_of_the_fold_models(
 
 
 def killed_marker(fingerprint: str):
-    """Left by :func:`dying_on_fold1` when it kills a worker (one kill per training set)."""
+    """Left by :func:`dying_after_first_checkpoint` when it kills a worker (one kill per training set)."""
     import tempfile
     from pathlib import Path
 
     return Path(tempfile.gettempdir()) / f"mer_test_killed_{fingerprint}"
 
 
-def dying_on_fold1(cfg: dict) -> None:
+def dying_after_first_checkpoint(cfg: dict) -> None:
     """``train_loop_per_worker``, but the rank-0 worker of a run named ``*_fold1`` (cross-fitting's fold 1)
     or ``*_dies`` exits once, like a lost machine, right after it reported its first epoch's checkpoint;
     Ray Train (``FailureConfig``) restarts the run.
@@ -617,7 +617,7 @@ def crossfit_run(tmp_path_factory, ray_local, text_manifest, tiny_llama):
 
     job = text_job(tmp_path_factory.mktemp("crossfit"), text_manifest, tiny_llama, {"stage": 2}, folds=2, epochs=2)
     lines = []
-    summary = finetune_stage(job, lines.append, worker_loop=dying_on_fold1)
+    summary = finetune_stage(job, lines.append, worker_loop=dying_after_first_checkpoint)
     return job, summary, lines
 
 

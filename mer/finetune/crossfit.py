@@ -141,8 +141,10 @@ def crossfit(job: Job, echo=print, worker_loop=train_loop_per_worker) -> dict:
         record["full"] = {"path": FULL, "train_ids": sorted(examples["sample_id"])}
     elif out.is_dir():
         for stale in out.iterdir():  # an earlier full model's files
-            if stale.name != FOLDS_DIR:
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            if stale.is_dir() and stale.name != FOLDS_DIR:
+                shutil.rmtree(stale)
+            elif stale.is_file():
+                stale.unlink()
     fold_models = []
     for k in range(cfg.folds):
         path = f"{FOLDS_DIR}/{k}"

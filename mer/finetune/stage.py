@@ -3,8 +3,9 @@
 With ``finetune.folds`` >= 2 (the default, 5) the fine-tuning is cross-fitted
 (:mod:`mer.finetune.crossfit`): each labeled row is extracted by a fold model
 that never trained on it, every other row by a model trained on all labeled
-rows. With 0 or 1, one model trains on every labeled row and extracts every
-row (the stacking leak that cross-fitting removes).
+rows or by the fold models' mean (``finetune.crossfit_other``). With 0 or 1,
+one model trains on every labeled row and extracts every row (the stacking
+leak that cross-fitting removes).
 
 The stage does not edit the job: it returns ``job_updates``
 (``{"encoders.<role>.model": <export folder>}``), which the runner applies
