@@ -47,9 +47,9 @@ def write_text_manifest(out: Path, seed: int, style: str) -> Path:
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["sample_id", "video", "audio", "text", "label", "split"])
-        for spec, split, text in plan_corpus(240, 240, 120, seed=seed, style=style):
+        for spec, split, texts in plan_corpus(240, 240, 120, seed=seed, style=style):
             if split != "unlabeled":
-                w.writerow([spec.sample_id, "", "", text, spec.emotion, split])
+                w.writerow([spec.sample_id, "", "", texts["english"], spec.emotion, split])
     return out / "manifest.csv"
 
 

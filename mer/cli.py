@@ -2,22 +2,29 @@
 
 Each command parses its arguments, calls one function, prints the result and
 what to do next. Heavy imports (torch, ray, lancedb) happen inside commands so
-``mer --help`` stays instant. Every ``MerError`` becomes ``error: <one line>``
-with exit code 2.
+``mer --help`` stays instant. Every failure, ours or a library's, becomes one
+line ``error: <what>`` with exit code 2; ``-v`` (anywhere on the command line)
+adds the traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+from pathlib import Path
 
 import click
 
 from mer.errors import MerError
 
+_OUT_HELP = "CSV to write; - writes to stdout."
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mer")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="On an error, show the traceback too.")
+def cli(verbose) -> None:
     """mer: semi-supervised multimodal emotion recognition.
 
     A distributed feature store (Ray + LanceDB) plus trainer for the
@@ -27,26 +34,56 @@ def cli() -> None:
     Quick start:
       mer demo-data demo_corpus
       mer run jobs/quickstart.yaml
+    \b
+    From a downloaded MER2025 release to the challenge submission:
+      mer corpus import mer2025 /data/mer2025-dataset --out mer2025/manifest.csv
+      mer run jobs/mer2025.yaml
+      mer export submission --run runs/mer2025 --out submission.csv
     """
+
+
+def _writable_file(out: str, option: str = "--out") -> None:
+    """MerError before any work when ``out`` cannot be the file written (a folder, or a file in a missing parent that cannot be made)."""
+    path = Path(out)
+    if out != "-" and path.is_dir():
+        raise MerError(f"{option} {out}: is a folder; name the file to write (e.g. {path / 'predictions.csv'})")
+
+
+_COUNT = click.IntRange(min=0)
 
 
 @cli.command("demo-data")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--n-train", default=240, show_default=True, help="Labeled training clips.")
-@click.option("--n-unlabeled", default=240, show_default=True, help="Unlabeled clips (test label distribution).")
-@click.option("--n-test", default=120, show_default=True, help="Labeled test clips.")
+@click.option("--n-train", default=240, show_default=True, type=_COUNT, help="Labeled training clips.")
+@click.option("--n-unlabeled", default=240, show_default=True, type=_COUNT, help="Unlabeled clips (test label distribution).")
+@click.option("--n-test", default=120, show_default=True, type=_COUNT,
+              help="Labeled test clips (with --layout: the candidates, whose labels go to track1_test_dis.csv).")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same corpus.")
 @click.option("--balanced-test", is_flag=True, help="Test split with every label equally common (no label shift).")
 @click.option("--style", type=click.Choice(["demo", "heldout"]), default="demo", show_default=True,
               help="heldout: unseen speakers, noisy reverberant rooms, situation transcripts (a corpus nothing was tuned on).")
-def demo_data(out, n_train, n_unlabeled, n_test, seed, balanced_test, style) -> None:
+@click.option("--layout", type=click.Choice(["manifest", "mer2025", "mer2024"]), default="manifest", show_default=True,
+              help="mer2025/mer2024: the organisers' release layout (for mer corpus import) instead of a manifest.")
+def demo_data(out, n_train, n_unlabeled, n_test, seed, balanced_test, style, layout) -> None:
     """Write a synthetic corpus of real mp4 clips (face + voice) and a manifest.
 
     \b
     Example:
       mer demo-data demo_corpus --n-train 300 --seed 1
       mer demo-data heldout_corpus --style heldout --seed 101
+      mer demo-data mer2025_demo --layout mer2025
     """
+    if n_train + n_unlabeled + n_test == 0:
+        raise MerError("demo-data: --n-train, --n-unlabeled and --n-test are all 0: nothing to write")
+    if layout != "manifest":
+        from mer.corpus.demo_release import make_release_corpus
+
+        if style != "demo" or balanced_test:
+            raise MerError(f"--layout {layout}: takes the demo style only (no --style heldout or --balanced-test)")
+        root = make_release_corpus(out, layout, n_train=n_train, n_unlabeled=n_unlabeled, n_test=n_test, seed=seed)
+        click.echo(f"wrote a {layout} release layout to {root}")
+        click.echo(f"next: mer corpus import {layout} {root} --out {root}/manifest.csv")
+        return
     from mer.corpus.demo import make_demo_corpus
 
     manifest = make_demo_corpus(
@@ -76,20 +113,71 @@ def corpus_validate(manifest, out, labels, no_media) -> None:
     Example:
       mer corpus validate demo_corpus/manifest.csv
     """
-    from pathlib import Path
-
     from mer.config import MER2024_LABELS
+
+    _report_validation(manifest, _labels(labels) or MER2024_LABELS, out, no_media)
+    click.echo("next: mer run jobs/quickstart.yaml manifest=" + str(manifest))
+
+
+def _labels(text: str | None) -> list[str] | None:
+    """``"angry, sad"`` -> ``["angry", "sad"]``; MerError on an empty or repeated label."""
+    if text is None:
+        return None
+    labels = [label.strip() for label in text.split(",")]
+    if not all(labels) or len(set(labels)) != len(labels):
+        raise MerError(f"--labels {text!r}: give distinct comma-separated names, e.g. neutral,angry,happy")
+    return labels
+
+
+def _report_validation(manifest, labels: list[str], out, no_media: bool) -> None:
+    """Validate a manifest, write its quarantine file and print the summary table."""
     from mer.corpus.validate import validate_manifest
 
-    label_set = labels.split(",") if labels else MER2024_LABELS
-    result = validate_manifest(manifest, label_set, check_media=not no_media)
+    result = validate_manifest(manifest, labels, check_media=not no_media)
     out_dir = Path(out) if out else Path(manifest).parent
     quarantine = result.write_quarantine(out_dir)
     click.echo(result.summary_table())
-    click.echo(f"{len(result.clean)} usable rows, {len(result.quarantine)} quarantined -> {quarantine}")
+    click.echo(f"{len(result.clean)} usable rows, {len(result.quarantine)} quarantined -> {quarantine}"
+               + (f"; {len(result.candidates)} candidates" if len(result.candidates) else ""))
     if result.clean.empty:
         raise MerError(f"{manifest}: no usable rows (see {quarantine})")
-    click.echo("next: mer run jobs/quickstart.yaml manifest=" + str(manifest))
+
+
+@corpus.command("import")
+@click.argument("layout", type=click.Choice(["mer2025", "mer2024"]))
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--out", default=None, help="Manifest to write (default: ROOT/manifest.csv).")
+@click.option("--language", type=click.Choice(["chinese", "english"]), default="chinese", show_default=True,
+              help="Transcript column used as the text.")
+@click.option("--candidates", type=click.Path(dir_okay=False), default=None,
+              help="CSV with a name column: the clips to predict (default: the release's own list).")
+@click.option("--no-media", is_flag=True, help="Validate without decoding media (only check that files exist).")
+@click.option("--no-validate", is_flag=True, help="Write the manifest only.")
+def corpus_import(layout, root, out, language, candidates, no_media, no_validate) -> None:
+    """Turn a downloaded MER2025 / MER2024 release into a manifest, then validate it.
+
+    Labeled clips become split train, every other clip split unlabeled; the
+    clips to predict are marked candidate=1 (they stay unlabeled, so
+    self-training may pseudo-label them). The release's 16 kHz wav is used
+    where it ships one.
+
+    \b
+    Example:
+      mer corpus import mer2025 /data/mer2025-dataset --out mer2025/manifest.csv
+      mer corpus import mer2024 /data/mer2024 --language english --candidates test_names.csv
+    """
+    from mer.config import MER2024_LABELS
+    from mer.corpus.release import import_release
+
+    out = out or str(Path(root) / "manifest.csv")
+    _writable_file(out)
+    summary = import_release(layout, root, out, language=language, candidates=candidates)
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(summary.splits.items()))
+    click.echo(f"wrote {summary.manifest}: {summary.rows} clips ({splits}), {summary.candidates} candidates, "
+               f"{summary.no_video} without a video file, {summary.no_text} without a transcript, in {summary.seconds} s")
+    if not no_validate:
+        _report_validation(str(summary.manifest), MER2024_LABELS, None, no_media)
+    click.echo(f"next: mer run jobs/{layout}.yaml manifest={summary.manifest}")
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True})
@@ -190,7 +278,7 @@ def query_get(sample_id, encoder, store) -> None:
 @query.command("like")
 @click.argument("sample_id")
 @click.option("--encoder", required=True, help=_encoder_help)
-@click.option("-k", "k", default=10, show_default=True, help="Neighbours to return.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours to return.")
 @click.option("--where", default=None, help="SQL filter on the table, e.g. \"split = 'train'\".")
 @_store_option
 def query_like(sample_id, encoder, k, where, store) -> None:
@@ -215,7 +303,7 @@ def query_like(sample_id, encoder, k, where, store) -> None:
 @click.option("--force", is_flag=True, help="Build even on a small table.")
 @_store_option
 def query_index(encoder, force, store) -> None:
-    """Build the ANN index (IVF_PQ, cosine) that `mer query like` then uses.
+    """Build the ANN index (IVF_SQ, cosine) that `mer query like` then uses.
 
     \b
     Example:
@@ -266,7 +354,7 @@ def query_export(out, encoder, split, with_seq, store) -> None:
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="Manifest of new clips to predict.")
 @click.option("--store", default=None,
               help="--split: store to read (default: the checkpoint's). Clips: also write their features there.")
-@click.option("--out", default="predictions.csv", show_default=True, help="CSV to write; - writes to stdout.")
+@click.option("--out", default="predictions.csv", show_default=True, help=_OUT_HELP)
 def predict_cmd(clips, run_dir, checkpoints, split, texts, manifest, store, out) -> None:
     """Predict new clips with a trained run, or a stored split with checkpoints.
 
@@ -281,6 +369,7 @@ def predict_cmd(clips, run_dir, checkpoints, split, texts, manifest, store, out)
       mer predict --run runs/quickstart --manifest new/manifest.csv --out new_preds.csv
       mer predict --checkpoint runs/quickstart/checkpoints/agt_s0_* --split test --out preds.csv
     """
+    _writable_file(out)
     if not (clips or manifest or run_dir):
         _predict_stored(checkpoints, store, split or "test", out)
         return
@@ -295,26 +384,30 @@ def predict_cmd(clips, run_dir, checkpoints, split, texts, manifest, store, out)
         click.echo(f"skipped {problem}", err=True)
     if frame.empty:
         raise MerError(f"nothing could be predicted ({len(problems)} bad input(s), see above)")
-    to_stdout = out == "-"
-    if to_stdout:
+    _emit(frame, out, f"({len(frame)} predicted, {len(problems)} skipped)")
+    hint = f"mer serve --run {run_dir}" if run_dir else f"mer evaluate {out} --truth <manifest.csv>"
+    click.echo(f"next: {hint}", err=out == "-")
+
+
+def _emit(frame, out: str, note: str = "") -> None:
+    """Write predictions to ``out``, or to stdout for ``-`` (then the status lines go to stderr)."""
+    from mer.runfolder import write_predictions
+
+    if out == "-":
         click.echo(frame.to_csv(index=False, float_format="%.6f"), nl=False)
     else:
-        from mer.train.predict import write_predictions
-
-        click.echo(f"wrote {write_predictions(frame, out)} ({len(frame)} predicted, {len(problems)} skipped)")
-    hint = f"mer serve --run {run_dir}" if run_dir else f"mer evaluate {out} --truth <manifest.csv>"
-    click.echo(f"next: {hint}", err=to_stdout)
+        click.echo(f"wrote {write_predictions(frame, out)}" + (f" {note}" if note else ""))
 
 
 def _predict_stored(checkpoints, store, split, out) -> None:
     """``mer predict --checkpoint DIR --split S``: a split of the store's features."""
-    from mer.train.predict import predict, write_predictions
+    from mer.train.predict import predict
 
     if not checkpoints:
         raise MerError("give --checkpoint DIR (a stored split) or --run RUN_DIR with clip files")
-    path = write_predictions(predict(list(checkpoints), store, split), out)
-    click.echo(f"wrote {path}")
-    click.echo(f"next: mer evaluate {path} --truth <manifest.csv or truth.csv>")
+    _emit(predict(list(checkpoints), store, split), out, f"({split} split)")
+    click.echo(f"next: mer evaluate {out if out != '-' else 'preds.csv'} --truth <manifest.csv or truth.csv>",
+               err=out == "-")
 
 
 @cli.command("serve")
@@ -362,19 +455,31 @@ def serve_cmd(run_dir, checkpoints, host, port, replicas, gpus_per_replica, max_
 @cli.command("evaluate")
 @click.argument("predictions", type=click.Path(dir_okay=False))
 @click.option("--truth", type=click.Path(dir_okay=False), default=None,
-              help="Manifest or sample_id,label CSV (default: manifest.csv/truth.csv beside the predictions).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder for metrics.json and confusion_test.png (default: beside the predictions).")
-def evaluate_cmd(predictions, truth, out) -> None:
-    """Weighted F1 (sklearn), accuracy, per-class table and confusion matrix.
+              help="Manifest, sample_id,label CSV or the organisers' name,discrete file "
+                   "(default: manifest.csv/truth.csv beside the predictions).")
+@click.option("--out", type=click.Path(), default=None,
+              help="Folder for metrics.json and confusion_test.png (default: PREDICTIONS.metrics.json and "
+                   "PREDICTIONS.confusion.png beside the file).")
+@click.option("--labels", default=None, help="Comma-separated label set (default: the p_<label> columns, else the six MER labels).")
+@click.option("--allow-missing", is_flag=True, help="Score the labeled samples that have a prediction even if some have none.")
+@click.option("--force", is_flag=True, help="Replace a run folder's own metrics.json when --out names it.")
+def evaluate_cmd(predictions, truth, out, labels, allow_missing, force) -> None:
+    """Weighted F1 (sklearn, as the organisers score), accuracy, per-class table and confusion matrix.
+
+    PREDICTIONS is a mer predictions CSV or a submission (name,discrete).
+    Refused with the file, row and problem: a duplicated id, a label not in
+    the label set (labels are matched exactly, as the organisers match them),
+    a missing label or probability, and labeled samples without a prediction
+    (unless --allow-missing); predictions without a truth row are counted.
 
     \b
     Example:
       mer evaluate preds.csv --truth demo_corpus/manifest.csv --out runs/eval
+      mer evaluate submission.csv --truth mer2025_demo/track1_test_dis.csv
     """
     from mer.report.metrics import evaluate_file, format_table
 
-    metrics = evaluate_file(predictions, truth, out)
+    metrics = evaluate_file(predictions, truth, out, labels=_labels(labels), allow_missing=allow_missing, force=force)
     click.echo(format_table(metrics))
     click.echo(f"wrote {', '.join(metrics['files'])}")
     click.echo(f"next: open {metrics['files'][1]}")
@@ -460,7 +565,12 @@ def submit_cmd(job_file, overrides, address, working_dir, follow, entrypoint_cpu
 @click.argument("job_id")
 @click.option("--address", default=None, help=_ADDRESS_HELP)
 def status_cmd(job_id, address) -> None:
-    """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED).
+
+    \b
+    Example:
+      mer status mer-quickstart-1a2b3c4d --address http://HEAD:8265
+    """
     from mer.remote import manage
 
     state, message = manage.status(job_id, address)
@@ -473,7 +583,12 @@ def status_cmd(job_id, address) -> None:
 @click.option("--address", default=None, help=_ADDRESS_HELP)
 @click.option("--follow", "-f", is_flag=True, help="Stream until the job ends; exit 1 if it fails or is stopped.")
 def logs_cmd(job_id, address, follow) -> None:
-    """Print a submitted job's logs (the driver's stdout and stderr)."""
+    """Print a submitted job's logs (the driver's stdout and stderr).
+
+    \b
+    Example:
+      mer logs mer-quickstart-1a2b3c4d --follow --address http://HEAD:8265
+    """
     from mer.remote import manage
 
     if follow:
@@ -488,7 +603,12 @@ def logs_cmd(job_id, address, follow) -> None:
 @click.option("--address", default=None, help=_ADDRESS_HELP)
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the job to end.")
 def stop_cmd(job_id, address, timeout) -> None:
-    """Stop a running job and wait until it has ended."""
+    """Stop a running job and wait until it has ended.
+
+    \b
+    Example:
+      mer stop mer-quickstart-1a2b3c4d --address http://HEAD:8265
+    """
     from mer.remote import manage
 
     click.echo(f"{job_id}: {manage.stop(job_id, address, timeout_s=timeout)}")
@@ -499,7 +619,12 @@ def stop_cmd(job_id, address, timeout) -> None:
 @click.option("--address", default=None, help=_ADDRESS_HELP)
 @click.option("--all", "include_all", is_flag=True, help="Include jobs not submitted by mer.")
 def list_cmd(address, include_all) -> None:
-    """Table of mer jobs on the cluster: id, status, start time, job name."""
+    """Table of mer jobs on the cluster: id, status, start time, job name.
+
+    \b
+    Example:
+      mer list --address http://HEAD:8265
+    """
     from mer.remote import manage
 
     rows = manage.list_jobs(address, include_all=include_all)
@@ -508,6 +633,32 @@ def list_cmd(address, include_all) -> None:
         click.echo(f"next: mer logs {rows[-1].submission_id}{_addr_hint(address)}")
     else:
         click.echo(f"next: mer submit jobs/quickstart.yaml{_addr_hint(address)}")
+
+
+@cli.group()
+def export() -> None:
+    """Write a run's results in other tools' formats."""
+
+
+@export.command("submission")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True), help="A trained run.")
+@click.option("--out", default="submission.csv", show_default=True, help="The CSV to write (name,discrete).")
+def export_submission(run_dir, out) -> None:
+    """The challenge submission: one name,discrete row per candidate, from the run's final predictor.
+
+    Refused (nothing written) when any candidate has no prediction, e.g. its
+    clip was quarantined: the organisers score every candidate.
+
+    \b
+    Example:
+      mer export submission --run runs/mer2025 --out submission.csv
+    """
+    from mer.export import submission
+
+    _writable_file(out)
+    path, rows = submission(run_dir, out)
+    click.echo(f"wrote {path}: {rows} candidates")
+    click.echo(f"next: upload {path}, or score it: mer evaluate {path} --truth <name,discrete labels>")
 
 
 @cli.group()
@@ -537,21 +688,34 @@ def finetune_plan(model, gpus, gpu_mem, nodes, trust_remote_code) -> None:
     click.echo("next: put the chosen zero_optimization block in finetune.deepspeed of jobs/finetune_text.yaml, "
                "then mer submit jobs/finetune_text.yaml --address <head>")
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: ours as they are, a library's with its type (the traceback comes with -v)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MerError):
+        return text
+    return f"{type(exc).__name__}: {text[:400]}" + ("..." if len(text) > 400 else "") + " (mer -v ... shows the traceback)"
+
+
 def main() -> None:
-    """Console entry point: one-line errors, exit code 2, no traceback."""
+    """Console entry point: every failure is one line ``error: ...`` with exit code 2; ``-v`` adds the traceback."""
+    verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:]) or bool(os.environ.get("MER_TRACEBACK"))
     try:
-        cli(standalone_mode=False)
-    except click.exceptions.Abort:
+        cli(standalone_mode=False, prog_name="mer")
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except MerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # a bad option or argument: one line too, with where to look
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+        click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        sys.exit(2)
     except SystemExit:
         raise
+    except Exception as exc:  # the one error path: a library's exception is a one-line error too
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, MerError) else 2)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ class EncoderSpec:
             :mod:`mer.corpus.corrupt`); part of the version, so corrupted
             features get their own table. Empty = clean.
         noise_source: the noise recording ``babble`` mixes in (a WAV of other speech).
+        name: the stream's name when a role has several encoders (default the
+            alias): the second audio encoder ``egemaps`` is stream ``audio:egemaps``.
     """
 
     alias: str
@@ -65,6 +67,12 @@ class EncoderSpec:
     seq_dtype: str = "float32"
     corrupt: str = ""
     noise_source: str = ""
+    name: str = ""
+
+
+def role_of(stream: str) -> str:
+    """The role of a stream: ``audio`` for ``audio`` and ``audio:egemaps``."""
+    return stream.split(":", 1)[0]
 
 
 @dataclass
@@ -391,7 +399,8 @@ class Job:
         store: LanceDB URI (folder or ``s3://...``); passed through untouched.
         run_dir: folder for everything the job writes besides the store.
         labels: label set, in the order of probability columns.
-        encoders: modality role -> encoder spec.
+        encoders: modality role -> encoder spec, or a list of them (several
+            feature sets of one modality, each its own stream: :meth:`streams`).
         stages: stages run in order.
         truth: optional CSV (sample_id,label) of hidden unlabeled labels, for
             reporting pseudo-label accuracy only; never used for training.
@@ -404,7 +413,7 @@ class Job:
     store: str = "mer_store"
     run_dir: str = "runs/default"
     labels: list[str] = field(default_factory=lambda: list(MER2024_LABELS))
-    encoders: dict[str, EncoderSpec] = field(default_factory=dict)
+    encoders: dict[str, EncoderSpec | list[EncoderSpec]] = field(default_factory=dict)
     stages: list[str] = field(default_factory=lambda: ["validate", "extract", "train", "evaluate"])
     truth: str | None = None
     store_options: dict[str, str] = field(default_factory=dict)
@@ -421,6 +430,24 @@ class Job:
         """The resolved job as YAML (written to ``run_dir/config.yaml``)."""
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
+    def streams(self) -> dict[str, EncoderSpec]:
+        """Stream -> encoder spec: a role's first encoder is the stream named after the role,
+        the others ``<role>:<name or alias>`` (``audio``, ``audio:egemaps``)."""
+        out = {}
+        for role, specs in self.encoders.items():
+            for i, spec in enumerate(specs if isinstance(specs, list) else [specs]):
+                stream = role if i == 0 else f"{role}:{spec.name or spec.alias}"
+                if stream in out:
+                    raise ConfigError(f"encoders.{role}[{i}]: a second stream '{stream}'; give it its own name "
+                                      f"(name: ...)")
+                out[stream] = spec
+        return out
+
+    def encoder(self, role: str) -> EncoderSpec:
+        """The role's first (or only) encoder: the one its ``has_<role>`` rows are decoded for first."""
+        specs = self.encoders[role]
+        return specs[0] if isinstance(specs, list) else specs
+
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -436,7 +463,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         errors = []
-        for arg in args:
+        # a list value is read as the list type first, so an error names the element at fault
+        for arg in sorted(args, key=lambda a: typing.get_origin(a) is not list if isinstance(value, list) else 0):
             if arg is type(None):
                 continue
             try:
@@ -547,12 +575,14 @@ def job_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Jo
     bad_roles = [r for r in job.encoders if r not in ROLES]
     if bad_roles:
         raise ConfigError(f"encoders: unknown role '{bad_roles[0]}' (known: {', '.join(ROLES)})")
+    empty = [r for r, specs in job.encoders.items() if isinstance(specs, list) and not specs]
+    if empty:
+        raise ConfigError(f"encoders.{empty[0]}: an empty list; name at least one encoder")
+    job.streams()  # distinct stream names
     if len(set(job.labels)) != len(job.labels) or not job.labels:
         raise ConfigError("labels: must be a non-empty list of distinct names")
     _check_lora(job.finetune)
     _check_tune(job.tune)
-    if job.selftrain.voters not in ("all", "cv"):
-        raise ConfigError(f"selftrain.voters: expected all or cv, got {job.selftrain.voters!r}")
     return job
 
 
@@ -629,27 +659,38 @@ def is_uri(value: str) -> bool:
     return "://" in value
 
 
-def absolute_paths(job: Job, base: Path) -> dict[str, str]:
+def _local(value: str | None, base: Path) -> Path | None:
+    """``base / value`` for a relative path that exists there; None for URIs, hub names and absolute paths."""
+    if value and not is_uri(value) and not Path(value).is_absolute() and (base / value).exists():
+        return (base / value).resolve()
+    return None
+
+
+def absolute_paths(job: Job, base: Path) -> dict[str, Any]:
     """``{key: "/abs/path"}`` for the job's relative local paths (apply with :func:`with_values`).
 
     Outputs (store, run_dir, finetune.out) always become absolute; inputs
     (manifest, truth, ablation.balanced_manifest / balanced_truth, encoder model folders) only
     when they exist under ``base`` (an encoder's ``model`` is otherwise a hub
-    name such as ``facebook/hubert-large-ll60k``).
+    name such as ``facebook/hubert-large-ll60k``). A role with a list of
+    encoders gets the whole list back, each model folder made absolute.
     """
+    lists = {}
+    for role, specs in job.encoders.items():
+        if isinstance(specs, list) and any(_local(s.model, base) for s in specs):
+            lists[f"encoders.{role}"] = [dataclasses.asdict(dataclasses.replace(s, model=str(_local(s.model, base) or s.model)))
+                                         for s in specs]
     outputs = {"store": job.store, "run_dir": job.run_dir, "finetune.out": job.finetune.out}
     inputs = {
         "manifest": job.manifest,
         "truth": job.truth,
         "ablation.balanced_manifest": job.ablation.balanced_manifest,
         "ablation.balanced_truth": job.ablation.balanced_truth,
-        **{f"encoders.{role}.model": spec.model for role, spec in job.encoders.items()},
+        **{f"encoders.{role}.model": spec.model for role, spec in job.encoders.items() if not isinstance(spec, list)},
     }
     pairs = []
     for key, value in outputs.items():
         if value and not is_uri(value) and not Path(value).is_absolute():
             pairs.append((key, base / value))
-    for key, value in inputs.items():
-        if value and not is_uri(value) and not Path(value).is_absolute() and (base / value).exists():
-            pairs.append((key, base / value))
-    return {key: str(path.resolve()) for key, path in pairs}
+    pairs += [(key, _local(value, base)) for key, value in inputs.items() if _local(value, base)]
+    return {**{key: str(path.resolve()) for key, path in pairs}, **lists}

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from mer.config import Job, absolute_paths, with_values
-from mer.stages import STAGES
+from mer.runfolder import STAGES as STAGES_FILE
+from mer.runfolder import RunFolder
+from mer.stages import STAGES, load
 from mer.store.options import set_store_options
 
 _RAY_START = threading.Lock()
@@ -48,6 +50,24 @@ def ensure_ray(attempts: int = 3, **init_kwargs) -> None:
                     raise
 
 
+def check_job(job: Job) -> None:
+    """Every name the job's stages will look up, checked now: encoders first, then each stage's own settings.
+
+    ``mer run``, ``mer tune`` and ``mer submit`` call it before any work, so a
+    misspelt model, vote, encoder or condition is one line, not a failure after
+    extraction.
+
+    Raises:
+        MerError: the first setting at fault, named by its key.
+    """
+    from mer.encoders import check_streams
+
+    check_streams(job.streams())
+    for name in job.stages:
+        if STAGES[name].check:
+            load(STAGES[name].check)(job)
+
+
 def absolute(job: Job) -> Job:
     """The job with its relative local paths made absolute (Ray workers run in other directories)."""
     return with_values(job, absolute_paths(job, Path.cwd()))
@@ -60,6 +80,7 @@ def run_tune(job: Job, echo=print) -> dict:
     """
     from mer.tune import tune_job
 
+    check_job(job)
     job = absolute(job)
     set_store_options(job.store_options)
     Path(job.run_dir).mkdir(parents=True, exist_ok=True)
@@ -78,16 +99,19 @@ def run_serve(args, host: str, port: int) -> str:
 def run_job(job: Job, echo=print) -> dict:
     """Run every stage of ``job`` in order; return ``{stage: summary}``.
 
-    Relative local paths are made absolute first: Ray workers (Ray Train's
-    especially) run in other working directories. The job's ``store_options``
-    go into this process's environment before Ray starts, so local workers
-    inherit them (:mod:`mer.store.options`).
+    Every stage's settings are checked first (:func:`mer.stages.check_job`),
+    so a misspelt name fails before any work. Relative local paths are made
+    absolute: Ray workers (Ray Train's especially) run in other working
+    directories. The job's ``store_options`` go into this process's
+    environment before Ray starts, so local workers inherit them
+    (:mod:`mer.store.options`).
     """
+    check_job(job)
     job = absolute(job)
     set_store_options(job.store_options)
-    run_dir = Path(job.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(job.to_yaml())
+    run_dir = RunFolder(job.run_dir)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    run_dir.config.write_text(job.to_yaml())
     if any(STAGES[name].needs_ray for name in job.stages):
         # Workers' own console lines (Ray core warnings, epoch lines) reach the
         # console only with -v; they stay in Ray's session logs either way.
@@ -100,9 +124,9 @@ def run_job(job: Job, echo=print) -> dict:
         updates = summary.get("job_updates")
         if updates:  # e.g. finetune: the fine-tuned encoder for the stages after it
             job = with_values(job, updates)
-            (run_dir / "config.yaml").write_text(job.to_yaml())
+            run_dir.config.write_text(job.to_yaml())
         summary["seconds"] = round(time.perf_counter() - start, 1)
         results[name] = summary
         echo(f"   {name} done in {summary['seconds']} s")
-    (run_dir / "stages.json").write_text(json.dumps(results, indent=2, default=str))
+    run_dir.write(STAGES_FILE, {"stages": json.loads(json.dumps(results, default=str))})
     return results

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mer.selftrain.voting import VotingError, average_seeds, vote
+from mer.voting import VotingError, average_seeds, vote
 
 LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 
@@ -133,8 +133,8 @@ def test_bad_inputs_are_one_line_errors():
 
 def test_cv_voters_keep_two_confident_weak_models_from_outvoting_the_best():
     """Equal votes let two weak models win; ``selftrain.voters: cv`` drops them and follows the best model."""
-    from mer.config import job_from_dict
-    from mer.selftrain.rounds import vote_kwargs, voter_weights
+    from mer.config import SelftrainConfig
+    from mer.voting import rule_kwargs, voter_weights
 
     truth = {"a": "sad", "b": "happy", "c": "angry"}
     tables = {
@@ -142,18 +142,17 @@ def test_cv_voters_keep_two_confident_weak_models_from_outvoting_the_best():
         "attention": table({k: ("neutral", 0.97) for k in truth}),
         "unimodal": table({k: ("neutral", 0.96) for k in truth}),
     }
-    job = job_from_dict({"name": "v", "manifest": "m.csv", "selftrain": {"voters": "cv", "cv_margin": 0.05}})
-    weights = voter_weights(job, {"agt": 0.85, "attention": 0.62, "unimodal": 0.70})
+    st = SelftrainConfig(voters="cv", cv_margin=0.05)
+    weights = voter_weights(st, {"agt": 0.85, "attention": 0.62, "unimodal": 0.70})
     assert weights == {"agt": 0.85, "attention": 0.0, "unimodal": 0.0}
-    kwargs = vote_kwargs(job, weights)
+    kwargs = rule_kwargs(st, weights)
     assert kwargs["voting"] == "majority"  # the audio model lost its vote: the prior rule cannot apply
     assert by_id(vote(tables, LABELS, tau=0.9, **kwargs)) == truth
     assert set(by_id(vote(tables, LABELS, tau=0.9, voting="majority")).values()) == {"neutral"}
     # within the margin every model votes, weighted: 0.80 + 0.78 outweighs 0.85
-    close = voter_weights(job, {"agt": 0.85, "attention": 0.80, "unimodal": 0.82})
-    assert set(by_id(vote(tables, LABELS, tau=0.9, **vote_kwargs(job, close))).values()) == {"neutral"}
-    equal = job_from_dict({"name": "v", "manifest": "m.csv"})
-    assert voter_weights(equal, {"agt": 0.85, "attention": 0.62}) is None
+    close = voter_weights(st, {"agt": 0.85, "attention": 0.80, "unimodal": 0.82})
+    assert set(by_id(vote(tables, LABELS, tau=0.9, **rule_kwargs(st, close))).values()) == {"neutral"}
+    assert voter_weights(SelftrainConfig(), {"agt": 0.85, "attention": 0.62}) is None
 
 
 def test_weighted_soft_vote_is_the_weighted_mean():

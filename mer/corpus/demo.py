@@ -136,6 +136,29 @@ SLOTS = dict(
     n=["two", "three", "five", "seven", "ten", "twelve"],
 )
 
+#: The same sentences in Chinese (the MER releases' first language), entry by entry, so one draw gives
+#: both transcripts (``mer demo-data --layout``); the situations of the heldout style have none.
+TEXT_ZH = {
+    "neutral": [],
+    "angry": ["我跟你说了{n}遍，你还是不理我！", "这太过分了，谁动了我的{o}？", "马上住手，我受够了你的借口！",
+              "你怎么敢不问一声就拿走我的{o}！", "你又把{o}弄坏了，我气死了！", "我不敢相信你这样对我。"],
+    "happy": ["太好了，我太喜欢这个{o}了！", "我们赢了！这是最棒的{t}！", "太谢谢你了，你能来我真高兴。",
+              "哈哈，太好玩了，{t}我们再来一次！", "我们终于拿到{o}了，我好开心。"],
+    "sad": ["她{t}走了以后，我好想她。", "没有人来，{t}我又是一个人过的。", "全完了，我丢了{o}，也丢了一切。",
+            "我觉得好空虚，什么都不重要了。", "我不知道该怎么办了。"],
+    "worried": ["要是{t}之前{o}还没准备好怎么办？", "我怕他出了什么事。", "你确定安全吗？我有种不好的预感。",
+                "我一直担心我们{t}会错过截止日期。", "我不知道该怎么办了。"],
+    "surprise": ["等等，什么？你买了一个{o}？", "不会吧！真的是你吗？", "我完全不知道你{t}要来！",
+                 "真的吗？{o}一直都在这儿？", "我不敢相信你这样对我。"],
+}
+NEUTRAL_TEXT_ZH = ["{o}在门边的桌子上。", "我{t}八点坐公交车。", "我们得为{t}买些牛奶和面包。", "他说会议改到{n}号房间了。",
+                   "方便的时候请把{o}发给我。", "火车从{n}号站台出发。", "我{t}看了关于{o}的报告。", "我们{t}在街角见面吧。"]
+SLOTS_ZH = dict(
+    o=["信", "车", "票", "手机", "花园", "房子", "自行车", "合同", "蛋糕", "相机"],
+    t=["今晚", "明天", "今天早上", "星期五", "下周", "昨天"],
+    n=["两", "三", "五", "七", "十", "十二"],
+)
+
 #: Share of emotional clips whose transcript is neutral-worded, and of clips
 #: whose face is neutral or occluded: the reasons fusion beats each modality.
 P_NEUTRAL_TEXT = 0.35
@@ -414,12 +437,20 @@ def draw_face(spec: ClipSpec, rng: np.random.Generator, envelope: np.ndarray) ->
     return frames
 
 
-def make_text(emotion: str, rng: np.random.Generator, style: Style = STYLES["demo"]) -> str:
-    """A transcript: emotional wording (or a situation), or neutral wording on part of the emotional clips."""
+def make_texts(emotion: str, rng: np.random.Generator, style: Style = STYLES["demo"]) -> dict[str, str | None]:
+    """A transcript in English and Chinese from one draw: emotional wording (or a situation), or neutral wording on
+    part of the emotional clips. ``chinese`` is None for the heldout style's situations."""
     table = SITUATIONS if style.text == "situations" else TEXT
-    pool = table[emotion] if emotion != "neutral" and rng.random() >= P_NEUTRAL_TEXT else NEUTRAL_TEXT
-    template = pool[rng.integers(len(pool))]
-    return template.format(**{k: v[rng.integers(len(v))] for k, v in SLOTS.items()})
+    neutral = emotion == "neutral" or rng.random() < P_NEUTRAL_TEXT
+    pool = NEUTRAL_TEXT if neutral else table[emotion]
+    k = int(rng.integers(len(pool)))
+    slots = {name: int(rng.integers(len(values))) for name, values in SLOTS.items()}
+    english = pool[k].format(**{name: SLOTS[name][i] for name, i in slots.items()})
+    chinese = None
+    if table is TEXT:
+        zh = NEUTRAL_TEXT_ZH if neutral else TEXT_ZH[emotion]
+        chinese = zh[k].format(**{name: SLOTS_ZH[name][i] for name, i in slots.items()})
+    return {"english": english, "chinese": chinese}
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, fps: int = FPS, sr: int = SR) -> None:
@@ -443,19 +474,39 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, fp
         container.mux(sound.encode(None))
 
 
-def render_clip(spec: ClipSpec, path: str | os.PathLike) -> None:
-    """Synthesize the voice and the face of ``spec`` and write them as one mp4."""
+def render_clip(spec: ClipSpec, path: str | os.PathLike, wav: str | os.PathLike | None = None) -> None:
+    """Synthesize the voice and the face of ``spec`` and write them as one mp4 (and the voice as a 16 kHz wav)."""
     # Separate streams: the face's motion and blinks do not depend on how many
     # random draws the voice of this emotion happened to take.
     audio, envelope = synth_voice(spec, np.random.default_rng([spec.seed, 0]))
     frames = draw_face(spec, np.random.default_rng([spec.seed, 1]), envelope)
     write_mp4(path, frames, audio)
+    if wav is not None:
+        from scipy.io import wavfile
+
+        wavfile.write(wav, SR, (np.clip(audio, -1, 1) * 32767).astype(np.int16))
 
 
-def _render_many(jobs: list[tuple[ClipSpec, str]]) -> int:
-    for spec, path in jobs:
-        render_clip(spec, path)
+def _render_many(jobs: list[tuple[ClipSpec, str, str | None]]) -> int:
+    for spec, path, wav in jobs:
+        render_clip(spec, path, wav)
     return len(jobs)
+
+
+def render_all(jobs: list[tuple[ClipSpec, str, str | None]], workers: int | None = None) -> None:
+    """Render ``(spec, mp4 path, wav path or None)`` jobs over processes, with a progress bar."""
+    from tqdm import tqdm
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    chunks = [jobs[i : i + 16] for i in range(0, len(jobs), 16)]
+    with tqdm(total=len(jobs), desc="demo clips", unit="clip", disable=len(jobs) < 50) as bar:
+        if workers <= 1 or len(chunks) <= 1:
+            for chunk in chunks:
+                bar.update(_render_many(chunk))
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for done in pool.map(_render_many, chunks):
+                    bar.update(done)
 
 
 def _label_list(prior: dict, n: int, rng: np.random.Generator) -> list[str]:
@@ -475,7 +526,8 @@ def plan_corpus(n_train: int, n_unlabeled: int, n_test: int, seed: int, balanced
     ``style`` names a :data:`STYLES` entry (``demo`` or ``heldout``).
 
     Returns:
-        list of ``(spec, split, text)`` in manifest order.
+        list of ``(spec, split, texts)`` in manifest order; ``texts`` is
+        ``{"english": ..., "chinese": ...}`` (:func:`make_texts`).
     """
     if style not in STYLES:
         raise ValueError(f"style: expected one of {', '.join(STYLES)}, got {style!r}")
@@ -504,7 +556,7 @@ def plan_corpus(n_train: int, n_unlabeled: int, n_test: int, seed: int, balanced
                 face_intensity=float(rng.uniform(*look.face_intensity)),
                 style=look,
             )
-            plan.append((spec, split, make_text(spec.emotion, rng, look)))
+            plan.append((spec, split, make_texts(spec.emotion, rng, look)))
             index += 1
     return plan
 
@@ -534,29 +586,17 @@ def make_demo_corpus(
     Returns:
         Path of the manifest.
     """
-    from tqdm import tqdm
-
     out = Path(out)
     (out / "media").mkdir(parents=True, exist_ok=True)
     plan = plan_corpus(n_train, n_unlabeled, n_test, seed, balanced_test, style)
-    jobs = [(spec, str(out / "media" / f"{spec.sample_id}.mp4")) for spec, _, _ in plan]
-    workers = workers or min(4, os.cpu_count() or 1)
-    chunks = [jobs[i : i + 16] for i in range(0, len(jobs), 16)]
-    with tqdm(total=len(jobs), desc="demo clips", unit="clip", disable=len(jobs) < 50) as bar:
-        if workers <= 1 or len(chunks) <= 1:
-            for chunk in chunks:
-                bar.update(_render_many(chunk))
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for done in pool.map(_render_many, chunks):
-                    bar.update(done)
+    render_all([(spec, str(out / "media" / f"{spec.sample_id}.mp4"), None) for spec, _, _ in plan], workers)
     manifest = out / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["sample_id", "video", "audio", "text", "label", "split"])
-        for spec, split, text in plan:
+        for spec, split, texts in plan:
             label = "" if split == "unlabeled" else spec.emotion
-            w.writerow([spec.sample_id, f"media/{spec.sample_id}.mp4", "", text, label, split])
+            w.writerow([spec.sample_id, f"media/{spec.sample_id}.mp4", "", texts["english"], label, split])
     with open(out / "unlabeled_truth.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["sample_id", "label"])

@@ -164,6 +164,8 @@ def check_media(path: str | os.PathLike) -> MediaInfo:
                 raise DecodeError(
                     path, f"truncated: {s.type} packets end at {last_end[s.index]:.2f} s of {expected:.2f} s"
                 )
+        if not info.duration:  # the header does not say: the packets do (a 0-second file is 0 s long)
+            info.duration = max(last_end.values(), default=0.0)
         return info
 
 

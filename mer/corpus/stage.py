@@ -1,19 +1,20 @@
 """Stage ``validate``: check the job's manifest, quarantine bad rows, keep the clean ones.
 
-Writes ``run_dir/quarantine.csv`` and ``run_dir/manifest_clean.csv`` (the usable
-rows with absolute paths and ``has_*`` modality flags), so later stages can read
-the clean rows without decoding every file again.
+Writes ``quarantine.csv``, ``manifest_clean.csv`` (the usable rows with
+absolute paths and ``has_*`` modality flags), so later stages can read the
+clean rows without decoding every file again, and ``candidates.csv`` when the
+manifest marks challenge candidates (every one, quarantined ones with their
+reason, so ``mer export submission`` can name a candidate that lost its clip).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import pandas as pd
 
 from mer.config import Job
 from mer.corpus.validate import validate_manifest
 from mer.errors import MerError
-
-CLEAN_FILE = "manifest_clean.csv"
+from mer.runfolder import RunFolder
 
 
 def run(job: Job, echo=print) -> dict:
@@ -21,24 +22,45 @@ def run(job: Job, echo=print) -> dict:
 
     Returns:
         ``{"rows": {split: n}, "modalities": {role: n}, "quarantined": n,
-        "quarantine": path, "clean_manifest": path}``.
+        "quarantine": path, "clean_manifest": path, "candidates": n}``.
 
     Raises:
         ManifestError: the manifest is not a manifest.
         MerError: no usable row is left.
     """
     result = validate_manifest(job.manifest, job.labels, check_media=True)
-    run_dir = Path(job.run_dir)
-    quarantine = result.write_quarantine(run_dir)
+    run_dir = RunFolder(job.run_dir)
+    quarantine = result.write_quarantine(run_dir.path)
     if result.clean.empty:
         raise MerError(f"{job.manifest}: no usable rows (see {quarantine})")
-    clean = run_dir / CLEAN_FILE
-    result.clean.to_csv(clean, index=False)
+    result.clean.to_csv(run_dir.clean_manifest, index=False)
+    candidates = result.candidates
+    if len(candidates):
+        run_dir.write_candidates(candidates)
     echo(result.summary_table())
     return {
         "rows": {k: int(v) for k, v in result.clean["split"].value_counts().items()},
         "modalities": {m: int(result.clean[f"has_{m}"].sum()) for m in ("audio", "video", "text")},
         "quarantined": len(result.quarantine),
         "quarantine": str(quarantine),
-        "clean_manifest": str(clean),
+        "clean_manifest": str(run_dir.clean_manifest),
+        "candidates": len(candidates),
     }
+
+
+def clean_rows(job: Job) -> pd.DataFrame:
+    """The usable manifest rows with ``has_audio``/``has_video``/``has_text`` flags.
+
+    From the validate stage's ``manifest_clean.csv`` when it is newer than the
+    manifest (no second pass over the media), else validated here.
+    """
+    from pathlib import Path
+
+    clean = RunFolder(job.run_dir).clean_manifest
+    manifest = Path(job.manifest)
+    if clean.is_file() and manifest.is_file() and clean.stat().st_mtime >= manifest.stat().st_mtime:
+        df = pd.read_csv(clean, dtype=str, keep_default_na=False)
+        for col in ("has_audio", "has_video", "has_text"):
+            df[col] = df[col].str.lower().eq("true")
+        return df.replace({"": None})
+    return validate_manifest(job.manifest, job.labels, check_media=True).clean

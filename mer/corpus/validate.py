@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mer.corpus.manifest import SPLITS, read_manifest
@@ -28,6 +29,8 @@ from mer.corpus.media import EmptyMediaError, MediaError, MediaInfo, MissingMedi
 QUARANTINE_FILE = "quarantine.csv"
 QUARANTINE_COLUMNS = ["sample_id", "row", "reason", "stage"]
 LABELED_SPLITS = ("train", "test")
+#: Values of the optional ``candidate`` column (challenge clips to predict): true, false.
+CANDIDATE_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
 MIN_SECONDS = 0.05
 CHECK_CHUNK = 256  # media checks in flight at once
 
@@ -41,12 +44,15 @@ class Validation:
         clean: usable rows (manifest columns plus ``has_audio``, ``has_video``, ``has_text``).
         quarantine: rejected rows: ``sample_id, row, reason``.
         labels: the label set checked against.
+        candidates: ``sample_id, reason`` of every row marked ``candidate``, in
+            manifest order (reason "" for a usable row, else why it was quarantined).
     """
 
     manifest: str
     clean: pd.DataFrame
     quarantine: pd.DataFrame
     labels: list[str] = field(default_factory=list)
+    candidates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["sample_id", "reason"]))
 
     def write_quarantine(self, directory: str | os.PathLike) -> Path:
         """Write ``directory/quarantine.csv`` (rows of other stages already there are kept)."""
@@ -114,7 +120,7 @@ def _media_check(path: str | None, decode: bool) -> tuple[MediaInfo | None, str 
         info = check_media(path) if decode else _exists(path)
     except MediaError as exc:
         return None, exc.problem
-    if info is not None and decode and info.duration and info.duration < MIN_SECONDS:
+    if info is not None and decode and info.duration < MIN_SECONDS:
         return None, f"too short ({info.duration:.3f} s)"
     return info, None
 
@@ -164,6 +170,7 @@ def validate_manifest(
             reasons[i] = f"missing label: split {r.split} needs one"
         if r.sample_id is not None and r.sample_id not in seen:
             seen[r.sample_id] = line
+    flags = _candidate_flags(df, reasons)
 
     todo = [(i, col, df.at[i, col]) for i in range(len(df)) if i not in reasons for col in ("video", "audio")
             if df.at[i, col] is not None]
@@ -198,6 +205,10 @@ def validate_manifest(
             reasons[i] = "no usable modality (no video, audio or text)"
     df["has_audio"], df["has_video"], df["has_text"] = has_audio, has_video, has_text
     df.loc[df["split"] == "unlabeled", "label"] = None
+    if "candidate" in df:
+        df["candidate"] = np.where(flags, "1", "")
+    candidates = pd.DataFrame({"sample_id": df["sample_id"][flags].astype(str).to_numpy(),
+                               "reason": [reasons.get(i, "") for i in np.flatnonzero(flags)]})
 
     bad = sorted(reasons)
     quarantine = pd.DataFrame(
@@ -209,4 +220,15 @@ def validate_manifest(
         columns=["sample_id", "row", "reason"],
     )
     clean = df.drop(index=bad).reset_index(drop=True)
-    return Validation(manifest=str(path), clean=clean, quarantine=quarantine, labels=list(labels))
+    return Validation(manifest=str(path), clean=clean, quarantine=quarantine, labels=list(labels), candidates=candidates)
+
+
+def _candidate_flags(df: pd.DataFrame, reasons: dict[int, str]) -> np.ndarray:
+    """Per row: marked ``candidate``? A value that is no yes/no is the row's reason to be quarantined."""
+    if "candidate" not in df:
+        return np.zeros(len(df), bool)
+    values = df["candidate"].fillna("").astype(str).str.strip().str.lower()
+    unknown = ~values.isin(list(CANDIDATE_VALUES))
+    for i in np.flatnonzero(unknown.to_numpy()):
+        reasons.setdefault(i, f"candidate: {df.at[i, 'candidate']!r} is not one of 1, 0, true, false, yes, no")
+    return values.map(CANDIDATE_VALUES).fillna(False).to_numpy(bool)

@@ -54,6 +54,25 @@ def encoder_class(alias: str) -> type[Encoder]:
     raise UnknownEncoderError(f"unknown encoder '{alias}' (known: {known}; or module:Class)")
 
 
+def check_streams(streams: dict[str, EncoderSpec]) -> None:
+    """Every stream's encoder exists and encodes the stream's role; a corruption parses (no weights load).
+
+    Raises:
+        MerError: naming ``encoders.<role>`` and what is wrong.
+    """
+    from mer.config import ConfigError, role_of
+
+    for stream, spec in streams.items():
+        role = role_of(stream)
+        try:
+            cls = encoder_class(spec.alias)
+        except UnknownEncoderError as exc:
+            raise UnknownEncoderError(f"encoders.{role}: {exc}") from None
+        if cls.role and cls.role != role:
+            raise ConfigError(f"encoders.{role}: '{spec.alias}' is a {cls.role} encoder")
+        cls.parse_corruption(spec)
+
+
 def build_encoder(spec: EncoderSpec, device: str = "cpu") -> Encoder:
     """An encoder for ``spec``; weights load on its first ``encode`` call.
 
@@ -99,14 +118,14 @@ def feature_ref(role: str, spec: EncoderSpec) -> FeatureRef:
     return FeatureRef(role, cls.alias, cls.compute_version(spec))
 
 
-def augment_spec(job) -> EncoderSpec:
+def augment_spec(spec: EncoderSpec, corruption: str) -> EncoderSpec:
     """The audio spec of ``train.audio_augment``'s noisy training copies (the extract stage writes them)."""
-    return dataclasses.replace(job.encoders["audio"], corrupt=job.train.audio_augment, noise_source="")
+    return dataclasses.replace(spec, corrupt=corruption, noise_source="")
 
 
-def feature_refs(encoders: dict[str, EncoderSpec]) -> dict[str, FeatureRef]:
-    """Role -> :class:`FeatureRef` for a job's ``encoders``."""
-    return {role: feature_ref(role, spec) for role, spec in encoders.items()}
+def feature_refs(streams: dict[str, EncoderSpec]) -> dict[str, FeatureRef]:
+    """Stream -> :class:`FeatureRef` for a job's streams (``Job.streams``)."""
+    return {stream: feature_ref(stream, spec) for stream, spec in streams.items()}
 
 
 __all__ = [
@@ -116,6 +135,7 @@ __all__ = [
     "FeatureRef",
     "UnknownEncoderError",
     "build_encoder",
+    "check_streams",
     "encoder_class",
     "encoder_version",
     "feature_ref",

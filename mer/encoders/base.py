@@ -57,6 +57,8 @@ class Encoder:
     code_version: ClassVar[str] = "1"
     default_model: ClassVar[str | None] = None
     spec_fields: ClassVar[tuple[str, ...]] = ("seq_len", "seq_dtype")
+    #: False for feature sets made elsewhere (``mer store import``): nothing to extract or to encode new clips with.
+    extracts: ClassVar[bool] = True
 
     def __init__(self, spec: EncoderSpec, device: str = "cpu"):
         self.spec = spec

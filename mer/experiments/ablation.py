@@ -29,30 +29,47 @@ Axes (``ablation`` section of the job):
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from mer.config import EncoderSpec, Job, with_values
-from mer.selftrain.rounds import run_rounds, score, seed_cell, split_truth
-from mer.train.cache import fit_many, fits_dir_of, predict_cached
+from mer.corpus.labels import split_truth
+from mer.metrics import score, seed_cell
+from mer.runfolder import ABLATION, RunFolder
+from mer.selftrain.rounds import run_rounds
+from mer.selftrain.stage import truth_of
+from mer.train.cache import fit_many, predict_cached
+from mer.train.stage import fit_settings
+
 
 def variant(job: Job, name: str, **values) -> Job:
     """The job with dotted keys replaced (``**{"selftrain.voting": "majority"}``), run in ``run_dir/ablation/<name>``."""
-    return with_values(job, {**values, "run_dir": str(Path(job.run_dir) / "ablation" / name)})
+    return with_values(job, {**values, "run_dir": str(RunFolder(job.run_dir).variant(name).path)})
+
+
+def check(job: Job) -> None:
+    """The fusion models and the alternative audio encoders, checked before any stage runs."""
+    from mer.encoders import check_streams
+    from mer.models import check_model
+
+    for model in [*job.ablation.fusion_models, "agt", "unimodal"]:
+        check_model(model, job.streams(), "ablation.fusion_models", job.train)
+    for spec in job.ablation.audio_encoders:
+        spec = spec if isinstance(spec, dict) else {"alias": spec}
+        check_streams({"audio": EncoderSpec(**spec)})
 
 
 def supervised_cells(job: Job, models: list[str], fits_dir: Path) -> dict[str, dict]:
     """Per-seed test metrics of models trained on the labeled split only."""
-    truth = split_truth(job, "test")
-    ckpts = fit_many(job, [(m, s) for m in models for s in job.train.seeds], fits_dir=fits_dir)
-    out = {}
-    for model in models:
-        scores = []
-        for seed in job.train.seeds:
-            ckpt = ckpts[(model, seed)]
-            scores.append(score(predict_cached(ckpt, job.store, "test"), truth, job.labels))
-        out[model] = seed_cell(scores)
-    return out
+    truth = split_truth(job.manifest, "test")
+    runs = [(m, s) for m in models for s in job.train.seeds]
+    ckpts = fit_many(fit_settings(job, fits_dir), runs)
+    frames = dict(zip(runs, predict_cached([ckpts[r] for r in runs], job.store, "test", job.execution)))
+    return {m: seed_cell([score(frames[(m, s)], truth, job.labels) for s in job.train.seeds]) for m in models}
+
+
+def selftrain_variant(job: Job, fits_dir: Path, echo) -> dict:
+    """Self-training of a variant in its own run folder, sharing ``fits_dir``."""
+    return run_rounds(fit_settings(job, fits_dir), job.selftrain, RunFolder(job.run_dir), truth_of(job), echo=echo)
 
 
 def selftrain_cell(summary: dict) -> dict:
@@ -72,7 +89,7 @@ def voting_cells(job: Job, fits_dir: Path, tag: str, echo) -> list[dict]:
     cells = []
     for voting in ("majority", "prior"):
         var = variant(job, f"{tag}{voting}", **{"selftrain.voting": voting})
-        summary = run_rounds(var, echo=echo, fits_dir=fits_dir)
+        summary = selftrain_variant(var, fits_dir, echo)
         if voting == "majority":
             cells.append({"variant": f"{tag}supervised vote (majority, round 0)", **summary["rounds"][0]["vote_per_seed"]})
         label = "+ self-training (majority vote)" if voting == "majority" else "+ prior-knowledge voting"
@@ -100,12 +117,12 @@ def encoder_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
     from mer.extract.stage import run as extract
 
     cells = []
-    for spec in [job.encoders.get("audio"), *job.ablation.audio_encoders]:
+    for spec in [job.encoder("audio"), *job.ablation.audio_encoders]:
         spec = spec if isinstance(spec, dict) else dataclasses.asdict(spec) if isinstance(spec, EncoderSpec) else {"alias": spec}
         label = spec_label(spec)
         var = variant(job, "audio_" + "".join(c if c.isalnum() else "_" for c in label).strip("_"),
                       **{"encoders.audio": spec, "extract.roles": ["audio"]})
-        if spec != dataclasses.asdict(job.encoders["audio"]):
+        if spec != dataclasses.asdict(job.encoder("audio")):
             echo(f"   ablation: extract audio with {label}")
             extract(var, echo)
         for model, cell in supervised_cells(var, ["agt", "unimodal"], fits_dir).items():
@@ -115,7 +132,7 @@ def encoder_cells(job: Job, fits_dir: Path, echo) -> list[dict]:
 
 def run(job: Job, echo=print) -> dict:
     """Train every ablation cell of ``job`` and write ``run_dir/ablation.json``."""
-    fits_dir = fits_dir_of(job)
+    fits_dir = RunFolder(job.run_dir).checkpoints
     rep = job.ablation
     axes: dict[str, list[dict]] = {}
     notes = []
@@ -132,7 +149,7 @@ def run(job: Job, echo=print) -> dict:
     axes["threshold"] = []
     for tau in rep.thresholds:
         var = variant(job, f"tau{tau}", **{"selftrain.threshold": tau, "selftrain.voting": "prior"})
-        axes["threshold"].append({"variant": f"tau = {tau}", **selftrain_cell(run_rounds(var, echo=echo, fits_dir=fits_dir))})
+        axes["threshold"].append({"variant": f"tau = {tau}", **selftrain_cell(selftrain_variant(var, fits_dir, echo))})
 
     axes["balance"] = []
     if rep.balanced_manifest:
@@ -142,7 +159,7 @@ def run(job: Job, echo=print) -> dict:
         bal = variant(job, "balanced", manifest=rep.balanced_manifest, truth=rep.balanced_truth,
                       store=str(job.store).rstrip("/") + "_balanced")
         extract(bal, echo)
-        bal_fits = fits_dir_of(bal)
+        bal_fits = RunFolder(bal.run_dir).checkpoints
         shifted = [dict(c, variant=f"shifted: {c['variant']}") for c in axes["voting"]]
         balanced = [{"variant": f"balanced: supervised {base}", **supervised_cells(bal, [base], bal_fits)[base]}]
         axes["balance"] = shifted + balanced + voting_cells(bal, bal_fits, "balanced: ", echo)
@@ -159,5 +176,5 @@ def run(job: Job, echo=print) -> dict:
         notes.append("audio_encoder: list alternatives in ablation.audio_encoders to run it")
 
     result = {"name": job.name, "seeds": list(job.train.seeds), "labels": job.labels, "axes": axes, "notes": notes}
-    (Path(job.run_dir) / "ablation.json").write_text(json.dumps(result, indent=2, default=float))
-    return {"axes": {k: len(v) for k, v in axes.items()}, "output": f"{job.run_dir}/ablation.json"}
+    out = RunFolder(job.run_dir).write(ABLATION, result)
+    return {"axes": {k: len(v) for k, v in axes.items()}, "output": str(out)}

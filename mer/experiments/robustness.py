@@ -26,18 +26,21 @@ overlap the test speakers, as in a room of colleagues; the utterances do not).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mer.config import Job
+from mer.config import Job, role_of
 from mer.corpus.corrupt import SAMPLE_RATE, Corruption, parse
+from mer.corpus.labels import split_truth
+from mer.corpus.stage import clean_rows
 from mer.encoders import FeatureRef, feature_ref
 from mer.errors import MerError
-from mer.selftrain.rounds import score, seed_cell, split_truth, vote_test
-from mer.train.cache import fit_many, fits_dir_of
+from mer.metrics import score, seed_cell
+from mer.runfolder import ROBUSTNESS, VOTE, RunFolder
+from mer.train.cache import fit_many, predict_cached
+from mer.train.stage import fit_settings
 
 BABBLE_SECONDS = 30.0
 BABBLE_SEED = 20240905
@@ -64,8 +67,6 @@ def condition_label(role: str, corruption: Corruption) -> str:
 
 def test_rows(job: Job, role: str) -> pd.DataFrame:
     """The test split's clean manifest rows that have ``role``."""
-    from mer.extract.stage import clean_rows
-
     rows = clean_rows(job)
     return rows[(rows["split"] == "test") & rows[f"has_{role}"].astype(bool)]
 
@@ -78,7 +79,6 @@ def babble_recording(job: Job, path: Path, talkers: int) -> Path:
 
     from mer.corpus.media import load_audio
     from mer.encoders.base import audio_path
-    from mer.extract.stage import clean_rows
 
     rows = clean_rows(job)
     train = rows[(rows["split"] == "train") & rows["has_audio"].astype(bool)].to_dict("records")
@@ -103,58 +103,66 @@ def babble_recording(job: Job, path: Path, talkers: int) -> Path:
     return path
 
 
-def corrupted_features(job: Job, role: str, corruption: Corruption, echo) -> FeatureRef:
-    """Extract (or find) the corrupted test features of ``role``; return their table's reference."""
+def corrupted_features(job: Job, role: str, corruption: Corruption, echo) -> dict[str, FeatureRef]:
+    """Extract (or find) the corrupted test features of every stream of ``role``; stream -> their table's reference."""
     from mer.corpus.validate import append_quarantine
     from mer.extract.pipeline import extract_rows
     from mer.store import open_store
 
     store = open_store(job.store)
-    clean = feature_ref(role, job.encoders[role])
+    streams = {s: spec for s, spec in job.streams().items() if role_of(s) == role}
     if corruption.kind == "drop":
-        ref = feature_ref(role, dataclasses.replace(job.encoders[role], corrupt="drop", noise_source=""))
-        store.create_empty_like(ref.table, store, like=clean.table)
-        return ref
+        out = {}
+        for stream, spec in streams.items():
+            ref = feature_ref(stream, dataclasses.replace(spec, corrupt="drop", noise_source=""))
+            store.create_empty_like(ref.table, store, like=feature_ref(stream, spec).table)
+            out[stream] = ref
+        return out
     source = ""
     if corruption.kind == "babble":
-        source = str(babble_recording(job, Path(job.run_dir) / "robustness" / "babble.wav", job.robustness.babble_talkers))
-    spec = dataclasses.replace(job.encoders[role], corrupt=str(corruption), noise_source=source)
+        source = str(babble_recording(job, RunFolder(job.run_dir).babble, job.robustness.babble_talkers))
     label = condition_label(role, corruption)
 
     def quarantine(failed: list[dict]) -> None:
         append_quarantine(job.run_dir, [{**f, "stage": f"robustness:{label}"} for f in failed])
 
-    result = extract_rows(test_rows(job, role), spec, job.store, job.extract, on_failed=quarantine)
-    echo(f"   robustness: {label} -> {result['table']}: written {result['written']}, skipped {result['skipped']}")
-    return feature_ref(role, spec)
-
-
-def cells(job: Job, checkpoints: dict[str, dict[int, Path]], swap: dict[str, FeatureRef], reads: dict,
-          truth: pd.DataFrame | None) -> dict[str, dict]:
-    """Model -> per-seed test metrics, reading ``swap``'s tables for the roles each model uses."""
-    from mer.train.predict import predict
-
     out = {}
-    for model, by_seed in checkpoints.items():
-        out[model] = seed_cell([score(predict(ckpt, job.store, "test", swap=swap, reads=reads), truth, job.labels)
-                                for ckpt in by_seed.values()])
+    for stream, spec in streams.items():
+        spec = dataclasses.replace(spec, corrupt=str(corruption), noise_source=source)
+        result = extract_rows(test_rows(job, role), spec, job.store, job.extract, on_failed=quarantine)
+        echo(f"   robustness: {label} ({stream}) -> {result['table']}: written {result['written']}, "
+             f"skipped {result['skipped']}")
+        out[stream] = feature_ref(stream, spec)
     return out
 
 
-def final_cell(job: Job, swap: dict[str, FeatureRef], reads: dict, truth: pd.DataFrame | None) -> dict | None:
-    """The self-trained final vote per seed, on the (corrupted) test features; None without selftrain."""
-    from mer.train.predict import predict
+def cells(job: Job, checkpoints: dict[str, dict[int, Path]], swap: dict[str, FeatureRef],
+          truth: pd.DataFrame | None) -> dict[str, dict]:
+    """Model -> per-seed test metrics, reading ``swap``'s tables for the streams each model uses."""
+    order = [(m, s) for m, by_seed in checkpoints.items() for s in by_seed]
+    frames = dict(zip(order, predict_cached([checkpoints[m][s] for m, s in order], job.store, "test",
+                                            job.execution, swap)))
+    return {m: seed_cell([score(frames[(m, s)], truth, job.labels) for s in by_seed])
+            for m, by_seed in checkpoints.items()}
 
-    path = Path(job.run_dir) / "selftrain.json"
-    if not path.exists():
+
+def final_cell(job: Job, swap: dict[str, FeatureRef], truth: pd.DataFrame | None) -> dict | None:
+    """The self-trained final vote per seed, on the (corrupted) test features; None without selftrain."""
+    from mer.config import SelftrainConfig
+    from mer.voting import final_vote
+
+    run = RunFolder(job.run_dir)
+    if not (run / "selftrain.json").exists():
         return None
-    summary = json.loads(path.read_text())
-    weights = summary["rounds"][-1].get("vote_weights")
+    final = run.final_predictor()
+    if final.kind != VOTE:
+        return None
     per_seed = []
-    for i in range(len(job.train.seeds)):
-        tables = {m: predict(ckpts[i], job.store, "test", swap=swap, reads=reads)
-                  for m, ckpts in summary["final_checkpoints"].items()}
-        per_seed.append(score(vote_test(job, tables, weights), truth, job.labels))
+    for i in range(len(final.seeds)):
+        models = list(final.checkpoints)
+        frames = predict_cached([final.checkpoints[m][i] for m in models], job.store, "test", job.execution, swap)
+        per_seed.append(score(final_vote(dict(zip(models, frames)), final.labels, SelftrainConfig(**final.selftrain),
+                                         final.weights), truth, job.labels))
     return seed_cell(per_seed)
 
 
@@ -167,9 +175,25 @@ def reference_job(job: Job) -> Job:
     return dataclasses.replace(job, encoders={r: job.encoders[r] for r in roles})
 
 
+def check(job: Job) -> None:
+    """Conditions, models and reference roles, checked before any stage runs."""
+    from mer.models import check_model
+
+    for text in job.robustness.conditions:
+        role, _ = parse_condition(text)
+        if role not in job.encoders:
+            raise MerError(f"robustness.conditions: {text!r}: the job has no {role} encoder")
+    for model in job.robustness.models:
+        check_model(model, job.streams(), "robustness.models", job.train)
+    if job.robustness.reference_models:
+        ref = reference_job(job)
+        for model in job.robustness.reference_models:
+            check_model(model, ref.streams(), "robustness.reference_models", job.train)
+
+
 def supervised_checkpoints(job: Job, models: list[str], fits_dir: Path) -> dict[str, dict[int, Path]]:
     """Model -> seed -> checkpoint, fitted once and cached in ``fits_dir``."""
-    ckpts = fit_many(job, [(m, s) for m in models for s in job.train.seeds], fits_dir=fits_dir)
+    ckpts = fit_many(fit_settings(job, fits_dir), [(m, s) for m in models for s in job.train.seeds])
     return {m: {s: ckpts[(m, s)] for s in job.train.seeds} for m in models}
 
 
@@ -180,19 +204,18 @@ def table(job: Job, models: list[str], fits_dir: Path, echo, with_reference: boo
     main = supervised_checkpoints(job, models, fits_dir)
     ref_job = reference_job(job) if with_reference and rob.reference_models else None
     ref = supervised_checkpoints(ref_job, rob.reference_models, fits_dir) if ref_job else {}
-    truth = split_truth(job, "test")  # read once for every condition and column
+    truth = split_truth(job.manifest, "test")  # read once for every condition and column
     rows = []
     for text in ["clean", *rob.conditions]:
         role, corruption = (None, None) if text == "clean" else parse_condition(text)
         if role is not None and role not in job.encoders:
             raise MerError(f"robustness.conditions: {text!r}: the job has no {role} encoder")
-        swap = {} if role is None else {role: corrupted_features(job, role, corruption, echo)}
-        reads: dict = {}  # the condition's test features, read once for every checkpoint
-        row = cells(job, main, swap, reads, truth)
-        ref_swap = {r: s for r, s in swap.items() if ref_job and r in ref_job.encoders}
-        for model, cell in cells(ref_job, ref, ref_swap, reads, truth).items() if ref_job else ():
+        swap = {} if role is None else corrupted_features(job, role, corruption, echo)
+        row = cells(job, main, swap, truth)
+        ref_swap = {r: s for r, s in swap.items() if ref_job and r in ref_job.streams()}
+        for model, cell in cells(ref_job, ref, ref_swap, truth).items() if ref_job else ():
             row[f"{'+'.join(rob.reference_roles)}: {model}"] = cell
-        final = final_cell(job, swap, reads, truth) if with_final and rob.final else None
+        final = final_cell(job, swap, truth) if with_final and rob.final else None
         if final is not None:
             row["final (self-trained vote)"] = final
         rows.append({"condition": "clean" if role is None else condition_label(role, corruption), "role": role,
@@ -204,10 +227,9 @@ def table(job: Job, models: list[str], fits_dir: Path, echo, with_reference: boo
 
 def run(job: Job, echo=print) -> dict:
     """Score every model on every condition; write ``run_dir/robustness.json``."""
-    rows = table(job, job.robustness.models, fits_dir_of(job), echo)
-    out = Path(job.run_dir) / "robustness.json"
-    out.write_text(json.dumps({"name": job.name, "seeds": list(job.train.seeds), "labels": job.labels,
-                               "recipe": {k: v for k, v in dataclasses.asdict(job.train).items()},
-                               "conditions": rows}, indent=2, default=float))
+    run_dir = RunFolder(job.run_dir)
+    rows = table(job, job.robustness.models, run_dir.checkpoints, echo)
+    out = run_dir.write(ROBUSTNESS, {"name": job.name, "seeds": list(job.train.seeds), "labels": job.labels,
+                                     "recipe": dataclasses.asdict(job.train), "conditions": rows})
     return {"conditions": len(rows), "output": str(out)}
 

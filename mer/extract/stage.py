@@ -11,27 +11,12 @@ whose decode or encode fails is appended to ``run_dir/quarantine.csv`` (stage
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
-
-from mer.config import ConfigError, Job
-from mer.corpus.stage import CLEAN_FILE
-from mer.corpus.validate import append_quarantine, validate_manifest
+from mer.config import ConfigError, Job, role_of
+from mer.corpus.stage import clean_rows
+from mer.corpus.validate import append_quarantine
 from mer.encoders import augment_spec, encoder_class
 from mer.extract.pipeline import extract_rows
-
-
-def clean_rows(job: Job) -> pd.DataFrame:
-    """The usable manifest rows with ``has_audio``/``has_video``/``has_text`` flags."""
-    clean = Path(job.run_dir) / CLEAN_FILE
-    manifest = Path(job.manifest)
-    if clean.is_file() and manifest.is_file() and clean.stat().st_mtime >= manifest.stat().st_mtime:
-        df = pd.read_csv(clean, dtype={"sample_id": str, "label": str, "split": str}, keep_default_na=False)
-        for col in ("has_audio", "has_video", "has_text"):
-            df[col] = df[col].astype(str).str.lower().eq("true")
-        return df.replace({"": None})
-    return validate_manifest(job.manifest, job.labels, check_media=True).clean
+from mer.runfolder import RunFolder
 
 
 def roles_of(job: Job, roles: list[str] | None = None) -> list[str]:
@@ -40,10 +25,12 @@ def roles_of(job: Job, roles: list[str] | None = None) -> list[str]:
     for role in roles:
         if role not in job.encoders:
             raise ConfigError(f"extract.roles: role '{role}' has no encoder (encoders: {', '.join(job.encoders)})")
-        expected = encoder_class(job.encoders[role].alias).role
-        if expected and expected != role:
-            raise ConfigError(f"encoders.{role}: '{job.encoders[role].alias}' is a {expected} encoder")
     return roles
+
+
+def check(job: Job) -> None:
+    """The extract stage's settings, checked before any stage runs (the encoders are checked for every job)."""
+    roles_of(job)
 
 
 def run(
@@ -57,17 +44,22 @@ def run(
             own (cross-fitted fine-tuning writes each fold model's rows into one table).
 
     Returns:
-        ``{role: {table, encoder, version, written, skipped, failed, no_face_frames, ...}}``.
+        ``{stream: {table, encoder, version, written, skipped, failed, no_face_frames, ...}}``.
     """
     roles = roles_of(job, roles)
     rows = clean_rows(job)
     if sample_ids is not None:
         rows = rows[rows["sample_id"].astype(str).isin(set(sample_ids))]
     summary = {}
-    work = [(role, job.encoders[role], rows[rows[f"has_{role}"].astype(bool)]) for role in roles]
+    # Every stream of the roles asked for (only the role's first with ``version``: a cross-fitted
+    # fine-tune replaces that one); imported feature tables have nothing to extract.
+    streams = [(s, spec) for s, spec in job.streams().items() if role_of(s) in roles and (version is None or s in roles)]
+    work = [(s, spec, rows[rows[f"has_{role_of(s)}"].astype(bool)]) for s, spec in streams
+            if encoder_class(spec.alias).extracts]
     if job.train.audio_augment and "audio" in roles and version is None:
         noisy = rows[rows["has_audio"].astype(bool) & (rows["split"] != "test")]
-        work.append(("audio (augmented copies)", augment_spec(job), noisy))
+        work.append(("audio (augmented copies)", augment_spec(job.encoder("audio"), job.train.audio_augment), noisy))
+    quarantine_csv = RunFolder(job.run_dir).quarantine
     for role, spec, subset in work:
 
         def quarantine(failed: list[dict], role=role) -> None:
@@ -79,6 +71,6 @@ def run(
             f"   {role}: {result['encoder']} -> {result['table']}: written {result['written']}, "
             f"skipped {result['skipped']} (already stored), failed {result['failed']}"
             + (f" [{result['resources']}]" if "resources" in result else "")
-            + (f" (see {Path(job.run_dir) / 'quarantine.csv'})" if result["failed"] else "")
+            + (f" (see {quarantine_csv})" if result["failed"] else "")
         )
     return summary

@@ -43,24 +43,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mer.config import Job, with_values
 from mer.encoders.fold_average import RECORD_FILE
 from mer.errors import MerError
 from mer.finetune.data import labeled_examples
 from mer.finetune.launch import finetune
 from mer.finetune.loop import train_loop_per_worker
+from mer.finetune.settings import FinetuneSettings
 
 FOLDS_DIR = "folds"
 FULL = "."  # the full model's path in the record: the folder itself
 AVERAGE = FOLDS_DIR  # what extracted the other rows under ``average``: every fold model
 
 
-def crossfit_dir(job: Job) -> Path:
+def crossfit_dir(ft: FinetuneSettings) -> Path:
     """Where the cross-fitted export goes: ``finetune.out`` or ``run_dir/finetuned_<role>_crossfit``.
 
     Not the single fine-tune's default folder: both can live side by side.
     """
-    return Path(job.finetune.out or Path(job.run_dir) / f"finetuned_{job.finetune.role}_crossfit")
+    return Path(ft.cfg.out or Path(ft.run_dir) / f"finetuned_{ft.cfg.role}_crossfit")
 
 
 def assign_folds(labels, folds: int, seed: int) -> np.ndarray:
@@ -114,7 +114,7 @@ def training_ids(record: dict, path: str) -> set[str]:
     return set(models[path]["train_ids"])
 
 
-def crossfit(job: Job, echo=print, worker_loop=train_loop_per_worker) -> dict:
+def crossfit(ft: FinetuneSettings, echo=print, worker_loop=train_loop_per_worker) -> dict:
     """Fine-tune one model per fold (and the full model under ``full``), then write the per-row record.
 
     Progress: one line per model. The full model trains first: retraining it
@@ -128,15 +128,15 @@ def crossfit(job: Job, echo=print, worker_loop=train_loop_per_worker) -> dict:
         :func:`mer.finetune.launch.finetune`'s summary), ``skipped`` (no model
         trained), ``examples``.
     """
-    cfg = job.finetune
-    out = crossfit_dir(job)
-    examples = labeled_examples(job)
+    cfg = ft.cfg
+    out = crossfit_dir(ft)
+    examples = labeled_examples(ft)
     fold = assign_folds(examples["label"], cfg.folds, cfg.seed)
     name = f"finetune_{cfg.role}"
     record = {"seed": cfg.seed, "other": cfg.crossfit_other, "folds": [], "full": None}
     full = None
     if cfg.crossfit_other == "full":
-        full = finetune(job, examples, out, name, worker_loop)
+        full = finetune(ft, examples, out, name, worker_loop)
         echo(_progress("full model", full))
         record["full"] = {"path": FULL, "train_ids": sorted(examples["sample_id"])}
     elif out.is_dir():
@@ -149,7 +149,7 @@ def crossfit(job: Job, echo=print, worker_loop=train_loop_per_worker) -> dict:
     for k in range(cfg.folds):
         path = f"{FOLDS_DIR}/{k}"
         train = examples[fold != k]
-        summary = finetune(job, train, out / path, f"{name}_fold{k}", worker_loop)
+        summary = finetune(ft, train, out / path, f"{name}_fold{k}", worker_loop)
         echo(_progress(f"fold {k + 1}/{cfg.folds}", summary, held_out=int((fold == k).sum())))
         fold_models.append(summary)
         record["folds"].append({
@@ -173,45 +173,3 @@ def _progress(what: str, summary: dict, held_out: int | None = None) -> str:
         return f"   {what}: {rows}: finished before, skipped"
     losses = summary["losses"]
     return f"   {what}: {rows}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {summary['seconds']} s"
-
-
-def extract_crossfit(job: Job, echo=print) -> dict:
-    """Extract ``job.finetune.role`` into the cross-fitted table: each fold's rows with its model, the rest with the full one.
-
-    ``job.encoders.<role>.model`` must already name the cross-fitted folder
-    (its version is the table's). The full model's pass takes every manifest
-    row that no fold extracts, so a fold row that failed to extract is never
-    filled in by a model that trained on it. Progress: the extract stage's
-    line per model.
-
-    Returns:
-        ``{role: {table, encoder, version, written, skipped, failed, by_model}}``
-        with ``by_model``: rows written per model path.
-    """
-    from mer.corpus.manifest import read_manifest
-    from mer.encoders import encoder_version
-    from mer.extract.stage import run as extract
-
-    role = job.finetune.role
-    folder = Path(job.encoders[role].model)
-    record = read_record(folder)
-    version = encoder_version(job.encoders[role])
-    held = {sid for model in record["folds"] for sid in model["extracted"]}
-    rest = [sid for sid in read_manifest(job.manifest)["sample_id"].astype(str) if sid not in held]
-    passes = [(f"fold {k + 1}/{len(record['folds'])} model", m["path"], folder / m["path"], m["extracted"])
-              for k, m in enumerate(record["folds"])]
-    # the other rows: the folder itself, which loads as the full model or as the fold average
-    other = ("full model" if record["other"] == "full" else "fold average", other_path(record), folder, rest)
-    results = {}
-    for label, path, model, ids in [*passes, other]:
-        model_job = with_values(job, {f"encoders.{role}.model": str(model)})
-        results[path] = extract(
-            model_job, lambda line, label=label: echo(f"{line} [{label}]"), roles=[role], sample_ids=ids,
-            version=version,
-        )[role]
-    first = next(iter(results.values()))
-    return {role: {
-        "table": first["table"], "encoder": first["encoder"], "version": version,
-        **{key: sum(r[key] for r in results.values()) for key in ("written", "skipped", "failed")},
-        "by_model": {path: r["written"] for path, r in results.items()},
-    }}

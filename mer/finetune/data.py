@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mer.config import Job
 from mer.errors import MerError
+from mer.finetune.settings import FinetuneSettings
 
 INPUT_COLUMN = {"text": "text", "video": "video"}
 
@@ -19,10 +19,10 @@ def _has_input(series: pd.Series) -> pd.Series:
     return series.notna() & (series.astype(str).str.strip() != "")
 
 
-def labeled_examples(job: Job) -> pd.DataFrame:
-    """``sample_id, input, label, source`` rows for ``job.finetune.role``.
+def labeled_examples(ft: FinetuneSettings) -> pd.DataFrame:
+    """``sample_id, input, label, source`` rows for ``finetune.role``.
 
-    ``label`` is the index into ``job.labels``; ``source`` is ``train`` or
+    ``label`` is the index into the label set; ``source`` is ``train`` or
     ``pseudo``.
 
     Raises:
@@ -30,20 +30,20 @@ def labeled_examples(job: Job) -> pd.DataFrame:
     """
     from mer.corpus.manifest import read_manifest
 
-    role = job.finetune.role
+    role = ft.cfg.role
     if role not in INPUT_COLUMN:
         raise MerError(f"finetune.role: expected text or video, got {role!r}")
     column = INPUT_COLUMN[role]
-    manifest = read_manifest(job.manifest)
+    manifest = read_manifest(ft.manifest)
     usable = manifest[_has_input(manifest[column])]
-    train = usable[(usable["split"] == "train") & usable["label"].isin(job.labels)]
+    train = usable[(usable["split"] == "train") & usable["label"].isin(ft.labels)]
     parts = [train.assign(source="train")]
-    if job.finetune.pseudo_labels:
-        parts.append(_pseudo_rows(job, usable[usable["split"] == "unlabeled"]))
+    if ft.cfg.pseudo_labels:
+        parts.append(_pseudo_rows(ft, usable[usable["split"] == "unlabeled"]))
     rows = pd.concat(parts, ignore_index=True)
     if rows.empty:
-        raise MerError(f"{job.manifest}: no labeled train row has a {column} for finetune.role={role}")
-    index = {label: i for i, label in enumerate(job.labels)}
+        raise MerError(f"{ft.manifest}: no labeled train row has a {column} for finetune.role={role}")
+    index = {label: i for i, label in enumerate(ft.labels)}
     return pd.DataFrame(
         {
             "sample_id": rows["sample_id"].astype(str),
@@ -54,13 +54,13 @@ def labeled_examples(job: Job) -> pd.DataFrame:
     )
 
 
-def _pseudo_rows(job: Job, unlabeled: pd.DataFrame) -> pd.DataFrame:
+def _pseudo_rows(ft: FinetuneSettings, unlabeled: pd.DataFrame) -> pd.DataFrame:
     """Unlabeled rows with the last accepted pseudo-label of run ``finetune.pseudo_labels``."""
     from mer.store import open_store
 
-    pseudo = open_store(job.store).read_pseudo_labels(job.finetune.pseudo_labels)
+    pseudo = open_store(ft.store).read_pseudo_labels(ft.cfg.pseudo_labels)
     if pseudo.empty:
-        raise MerError(f"finetune.pseudo_labels: run {job.finetune.pseudo_labels!r} has no pseudo-labels in {job.store}")
+        raise MerError(f"finetune.pseudo_labels: run {ft.cfg.pseudo_labels!r} has no pseudo-labels in {ft.store}")
     last = pseudo.sort_values("round").drop_duplicates("sample_id", keep="last")
     merged = unlabeled.drop(columns=["label"]).merge(last[["sample_id", "label"]], on="sample_id")
-    return merged[merged["label"].isin(job.labels)].assign(source="pseudo")
+    return merged[merged["label"].isin(ft.labels)].assign(source="pseudo")

@@ -22,22 +22,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from mer.config import Job
 from mer.encoders import encoder_class
 from mer.errors import MerError
 from mer.finetune.data import labeled_examples
 from mer.finetune.dsconfig import resolve_deepspeed_config
 from mer.finetune.loop import PROBE_FILE, train_loop_per_worker
 from mer.finetune.model import META_FILE, export_logit_gap
+from mer.finetune.settings import FinetuneSettings
 from mer.placement import check_placeable
+from mer.runfolder import RunFolder
 
 
-def export_dir(job: Job) -> Path:
+def export_dir(ft: FinetuneSettings) -> Path:
     """Where the export goes: ``finetune.out`` or ``run_dir/finetuned_<role>``."""
-    return Path(job.finetune.out or Path(job.run_dir) / f"finetuned_{job.finetune.role}")
+    return Path(ft.cfg.out or Path(ft.run_dir) / f"finetuned_{ft.cfg.role}")
 
 
-def worker_config(job: Job, examples: pd.DataFrame | None = None) -> dict:
+def worker_config(ft: FinetuneSettings, examples: pd.DataFrame | None = None) -> dict:
     """Everything a worker needs, as plain picklable values.
 
     Args:
@@ -45,8 +46,7 @@ def worker_config(job: Job, examples: pd.DataFrame | None = None) -> dict:
             every labeled row. Their CSV is part of the fingerprint, so each
             cross-fitting fold has its own.
     """
-    cfg = job.finetune
-    spec = job.encoders.get(cfg.role)
+    cfg, spec = ft.cfg, ft.spec
     model = encoder_class(spec.alias).resolve_model(spec) if spec else None
     if not model:
         raise MerError(f"finetune.role={cfg.role}: the job needs an encoders.{cfg.role} with a model (hub name or folder)")
@@ -54,11 +54,11 @@ def worker_config(job: Job, examples: pd.DataFrame | None = None) -> dict:
     if cfg.lora:
         lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "target_modules": cfg.lora_target_modules}
         check_lora_targets(model, spec.trust_remote_code, lora)
-    examples = labeled_examples(job) if examples is None else examples
+    examples = labeled_examples(ft) if examples is None else examples
     ds_config = resolve_deepspeed_config(cfg, cfg.num_workers, cfg.use_gpu)
     settings = {
         "role": cfg.role, "model": model, "trust_remote_code": spec.trust_remote_code,
-        "num_classes": len(job.labels), "label_names": list(job.labels), "layer": cfg.layer,
+        "num_classes": len(ft.labels), "label_names": list(ft.labels), "layer": cfg.layer,
         "ds_config": ds_config, "epochs": cfg.epochs, "lr": cfg.lr, "max_steps": cfg.max_steps,
         "seed": cfg.seed, "max_length": cfg.max_length, "gradient_checkpointing": cfg.gradient_checkpointing,
         "num_frames": spec.num_frames, "face_crop": spec.face_crop,
@@ -99,13 +99,13 @@ def _finished(out: Path, fingerprint: str) -> dict | None:
 
 
 def finetune(
-    job: Job,
+    ft: FinetuneSettings,
     examples: pd.DataFrame | None = None,
     out: str | Path | None = None,
     name: str | None = None,
     worker_loop=train_loop_per_worker,
 ) -> dict:
-    """Fine-tune ``job.finetune.role``'s encoder on Ray Train workers and export it.
+    """Fine-tune ``finetune.role``'s encoder on Ray Train workers and export it.
 
     Args:
         examples: rows to train on (default every labeled row).
@@ -121,23 +121,23 @@ def finetune(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    config = worker_config(job, examples)
-    out = Path(out) if out else export_dir(job)
-    name = name or f"finetune_{job.finetune.role}"
+    config = worker_config(ft, examples)
+    out = Path(out) if out else export_dir(ft)
+    name = name or f"finetune_{ft.cfg.role}"
     done = _finished(out, config["fingerprint"])
     if done:
         return {"out": str(out), "skipped": True, "examples": config["num_examples"], **done["train_metrics"]}
-    scaling = ScalingConfig(num_workers=job.finetune.num_workers, use_gpu=job.finetune.use_gpu)
+    scaling = ScalingConfig(num_workers=ft.cfg.num_workers, use_gpu=ft.cfg.use_gpu)
     check_placeable(scaling, "finetune.num_workers / finetune.use_gpu")
-    run_dir = Path(job.run_dir).resolve()
+    run_dir = Path(ft.run_dir).resolve()
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config=config,
         scaling_config=scaling,
         torch_config=TorchConfig(backend=config["backend"]),
         run_config=RunConfig(
-            name=name, storage_path=str(run_dir / "ray_train"),
-            failure_config=FailureConfig(max_failures=job.execution.max_failures),
+            name=name, storage_path=str(RunFolder(run_dir).ray_train),
+            failure_config=FailureConfig(max_failures=ft.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )

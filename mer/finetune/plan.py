@@ -83,7 +83,12 @@ def model_config(name: str, trust_remote_code: bool = False):
     shipped = CONFIG_DIR / f"{name.lower()}.json"
     path = shipped if shipped.is_file() else Path(name)
     if path.is_file():
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MerError(f"--model {path}: not a JSON model config ({' '.join(str(exc).split())})") from None
+        if not isinstance(data, dict):
+            raise MerError(f"--model {path}: not a JSON model config (a {type(data).__name__}, not an object)")
         data.pop("_comment", None)
         model_type = data.pop("model_type", None)
         if not model_type:

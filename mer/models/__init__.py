@@ -5,6 +5,6 @@ Every model is built by name with :func:`build_model` and takes the same batch:
 and returns logits ``(B, C)``.
 """
 
-from mer.models.builder import MODELS, build_model
+from mer.models.builder import MODELS, build_model, check_model
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["MODELS", "build_model", "check_model"]

@@ -20,27 +20,39 @@ from __future__ import annotations
 
 import torch
 
+from mer.config import role_of
+
 
 def drop_modalities(batch: dict, p: float) -> dict:
-    """Hide each present modality of each sample with probability ``p``, keeping at least one."""
+    """Hide each present modality of each sample with probability ``p``, keeping at least one.
+
+    A modality with several streams (``audio`` and ``audio:egemaps``) is hidden
+    or kept as a whole: a lost microphone takes every audio feature set with it.
+    """
     if p <= 0:
         return batch
-    roles = sorted(batch)
-    present = torch.stack([batch[r]["present"].bool() for r in roles], 1)  # (B, M)
+    streams = sorted(batch)
+    roles = sorted({role_of(s) for s in streams})
+    column = {s: roles.index(role_of(s)) for s in streams}
+    present = torch.zeros(len(batch[streams[0]]["present"]), len(roles), dtype=torch.bool,
+                          device=batch[streams[0]]["present"].device)  # (B, M)
+    for s in streams:
+        present[:, column[s]] |= batch[s]["present"].bool()
     keep = present & (torch.rand(present.shape, device=present.device) >= p)
     lost = present.any(1) & ~keep.any(1)
     if lost.any():
         pick = torch.rand(present.shape, device=present.device).masked_fill(~present, -1.0).argmax(1)
         keep[lost, pick[lost]] = True
     out = {}
-    for j, role in enumerate(roles):
-        entry, k = dict(batch[role]), keep[:, j]
+    for stream in streams:
+        entry = dict(batch[stream])
+        k = keep[:, column[stream]] & entry["present"].bool()
         entry["present"] = k
         entry["vector"] = entry["vector"] * k[:, None]
         if entry.get("seq") is not None:
             entry["seq"] = entry["seq"] * k[:, None, None]
             entry["seq_mask"] = entry["seq_mask"].bool() & k[:, None]
-        out[role] = entry
+        out[stream] = entry
     return out
 
 

@@ -14,6 +14,21 @@ from mer.models.standardize import Standardized
 MODELS = ("agt", "attention", "concat", "unimodal", "linear")
 
 
+def check_model(name: str, streams, key: str, cfg) -> None:
+    """ConfigError (naming ``key``) when ``name`` is no model, or the job's streams lack what it needs.
+
+    Checked when a job is read, before any stage runs: a misspelt model fails
+    in one line instead of after extraction.
+    """
+    if name not in MODELS:
+        raise ConfigError(f"{key}: unknown model '{name}' (known: {', '.join(MODELS)})")
+    if name == "agt" and "audio" not in streams:
+        raise ConfigError(f"{key}: agt needs an audio encoder (encoders has: {', '.join(sorted(streams))})")
+    if name == "unimodal" and cfg.unimodal_role not in streams:
+        raise ConfigError(f"{key}: unimodal trains on train.unimodal_role '{cfg.unimodal_role}', which has no "
+                          f"encoder (encoders has: {', '.join(sorted(streams))})")
+
+
 def build_model(name: str, dims: dict[str, int], num_classes: int, cfg) -> Standardized:
     """Build ``name`` for the given role widths, behind a per-feature standardiser.
 

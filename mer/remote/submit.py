@@ -41,6 +41,7 @@ from pathlib import Path
 
 from mer.config import Job, absolute_paths, is_uri, load_job
 from mer.errors import MerError
+from mer.runner import check_job
 from mer.store.options import ENV_VAR as STORE_OPTIONS_VAR
 
 # Never shipped: outputs, environments, data. Patterns are gitignore-style.
@@ -134,6 +135,7 @@ def build_submission(
         MerError: the job file lies outside ``working_dir``.
     """
     job = load_job(job_file, overrides)
+    check_job(job)  # a misspelt model, vote or encoder fails here, before anything is sent
     root = Path(working_dir).resolve()
     job_path = Path(job_file).resolve()
     if not job_path.is_relative_to(root):
@@ -141,7 +143,8 @@ def build_submission(
             f"{job_file} is outside the working dir {root}: run mer submit from the project "
             "folder or pass --working-dir"
         )
-    extra = [f"{key}={value}" for key, value in absolute_paths(job, root).items()]
+    extra = [f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+             for key, value in absolute_paths(job, root).items()]
     args = [job_path.relative_to(root).as_posix(), *overrides, *extra]
     return Submission(
         job=load_job(job_file, [*overrides, *extra]),

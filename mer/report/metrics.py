@@ -1,73 +1,27 @@
-"""Scores of a predictions table against the truth: the paper's metric and friends.
+"""``mer evaluate`` and the evaluate stage's files: a predictions (or submission) file scored against the truth.
 
-Weighted F1 is sklearn's ``f1_score(average="weighted")`` (the MER2024 metric);
-accuracy, per-class precision/recall/F1/support and the confusion matrix come
-from the same sklearn functions, so any reader can recompute them.
+The scoring itself is :mod:`mer.metrics`. Here: reading the two files (a mer
+predictions CSV or the organisers' ``name,discrete`` submission; a manifest,
+a ``sample_id,label`` truth CSV or the organisers' label file), refusing what
+cannot be scored honestly (a duplicated id, a label outside the label set in
+any case, a missing label or probability, labeled samples without a
+prediction unless asked), and writing ``metrics.json`` plus the confusion
+matrix PNG where they cannot overwrite a run's own.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from mer.errors import MerError
+from mer.corpus.labels import read_labels
+from mer.metrics import EvaluationError, check_predictions, coverage, evaluate
+from mer.runfolder import CONFIG, write_json
 
-
-class EvaluationError(MerError):
-    """Predictions that cannot be scored (no truth, no overlap, bad columns)."""
-
-
-def _frame(df: pd.DataFrame, what: str) -> pd.DataFrame:
-    missing = {"sample_id", "label"} - set(df.columns)
-    if missing:
-        raise EvaluationError(f"{what}: missing column(s) {', '.join(sorted(missing))}")
-    out = df[["sample_id", "label"]].copy()
-    out["sample_id"] = out["sample_id"].astype(str)
-    return out
-
-
-def evaluate(pred_df: pd.DataFrame, truth_df: pd.DataFrame, labels: list[str]) -> dict:
-    """Weighted F1, accuracy, per-class scores and confusion over samples in both tables.
-
-    Args:
-        pred_df: ``sample_id,label`` (extra columns ignored).
-        truth_df: ``sample_id,label``; rows without a label are ignored.
-        labels: label order of the per-class table and the confusion matrix.
-
-    Returns:
-        ``{weighted_f1, accuracy, per_class: {label: {precision, recall, f1, support}},
-        confusion (rows = truth, columns = prediction), labels, n, n_missing}``
-        where ``n_missing`` counts truth rows without a prediction.
-    """
-    truth = _frame(truth_df, "truth").dropna(subset=["label"])
-    truth = truth[truth["label"].astype(str).str.len() > 0]
-    merged = truth.merge(_frame(pred_df, "predictions"), on="sample_id", suffixes=("_true", "_pred"))
-    if merged.empty:
-        raise EvaluationError("no prediction matches a labeled sample_id of the truth")
-    y_true = merged["label_true"].astype(str).to_numpy()
-    y_pred = merged["label_pred"].astype(str).to_numpy()
-    unknown = sorted(set(y_true) - set(labels))
-    if unknown:
-        raise EvaluationError(f"truth label '{unknown[0]}' is not in the label set ({', '.join(labels)})")
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    return {
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "per_class": {
-            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(labels, precision, recall, f1, support)
-        },
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "labels": list(labels),
-        "n": int(len(merged)),
-        "n_missing": int(len(truth) - len(merged)),
-    }
+#: Labels of a file without ``p_<label>`` columns (a submission): the organisers' six, in their order.
+DEFAULT_LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 
 
 def plot_confusion(metrics: dict, path: str | Path) -> Path:
@@ -103,7 +57,8 @@ def format_table(metrics: dict) -> str:
     """Plain-text summary: weighted F1, accuracy and the per-class table."""
     lines = [
         f"weighted F1  {metrics['weighted_f1']:.4f}",
-        f"accuracy     {metrics['accuracy']:.4f}   (n={metrics['n']}, without prediction: {metrics['n_missing']})",
+        f"accuracy     {metrics['accuracy']:.4f}   (n={metrics['n']}, labeled without prediction: "
+        f"{metrics['n_missing']}, predictions without truth: {metrics.get('n_extra', 0)})",
         "",
         f"{'label':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}",
     ]
@@ -112,52 +67,76 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def read_truth(path: str | Path) -> pd.DataFrame:
-    """``sample_id,label`` from a truth CSV or a manifest (CSV/JSONL; other columns ignored)."""
-    path = Path(path)
-    try:
-        if path.suffix in (".jsonl", ".json"):
-            df = pd.read_json(path, lines=path.suffix == ".jsonl", dtype={"sample_id": str})
-        else:
-            df = pd.read_csv(path, dtype={"sample_id": str, "label": str}, keep_default_na=False, na_values=[""])
-    except FileNotFoundError:
-        raise EvaluationError(f"{path}: no such file") from None
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise EvaluationError(f"{path}: not a CSV/JSONL table ({str(exc).splitlines()[0]})") from None
-    return _frame(df, str(path))
+def _outputs(pred_csv: Path, out_dir: Path | None, run_owned: bool, force: bool) -> tuple[Path, Path]:
+    """Where metrics and the confusion PNG go; never over a run's own ``metrics.json`` unless asked."""
+    if out_dir is None:
+        return pred_csv.with_suffix(".metrics.json"), pred_csv.with_suffix(".confusion.png")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvaluationError(f"--out {out_dir}: is a file; name a folder")
+    if not run_owned and not force and (out_dir / CONFIG).exists() and (out_dir / "metrics.json").exists():
+        raise EvaluationError(f"--out {out_dir}: is a run folder whose metrics.json the evaluate stage wrote; "
+                              "choose another folder, or pass --force to replace it")
+    return out_dir / "metrics.json", out_dir / "confusion_test.png"
+
+
+def _truth(path: Path) -> pd.DataFrame:
+    """The labeled rows of a truth file; every row of a label file needs its label (a manifest's unlabeled rows do not)."""
+    truth = read_labels(path, "truth")
+    manifest = "split" in pd.read_csv(path, nrows=0).columns if path.suffix.lower() == ".csv" else True
+    labeled = truth["label"].notna() & (truth["label"].astype(str).str.strip() != "")
+    if not manifest and not labeled.all():
+        i = int(np.flatnonzero(~labeled.to_numpy())[0])
+        raise EvaluationError(f"truth {path}: row {i + truth.attrs['first_row']} "
+                              f"(sample_id {truth['sample_id'].iloc[i]!r}): no label")
+    truth = truth[labeled].reset_index(drop=True)
+    dup = truth["sample_id"].duplicated()
+    if dup.any():
+        raise EvaluationError(f"truth {path}: sample_id {truth['sample_id'][dup].iloc[0]!r} appears more than once")
+    return truth
 
 
 def evaluate_file(pred_csv: str | Path, truth_csv: str | Path | None, out_dir: str | Path | None,
-                  labels: list[str] | None = None, extra: dict | None = None) -> dict:
-    """Score a predictions CSV; write ``metrics.json`` and ``confusion_test.png`` into ``out_dir``.
+                  labels: list[str] | None = None, extra: dict | None = None, run_owned: bool = False,
+                  allow_missing: bool = False, force: bool = False) -> dict:
+    """Score a predictions CSV or a submission; write metrics JSON and the confusion matrix PNG.
 
     Args:
-        pred_csv: ``sample_id,label,p_<label>...`` as written by ``mer predict``.
-        truth_csv: truth CSV or manifest; ``None`` looks for ``manifest.csv``
-            or ``truth.csv`` beside the predictions.
-        out_dir: output folder (default: the predictions' folder).
-        labels: label order (default: the ``p_<label>`` columns, else the sorted
-            labels seen).
-        extra: more keys for ``metrics.json`` (the evaluate stage adds the
-            train split's cross-validated score as ``cv_train``).
+        pred_csv: ``sample_id,label,p_<label>...`` (``mer predict``) or ``name,discrete`` (a submission).
+        truth_csv: manifest, truth CSV or organisers' label CSV; ``None`` looks
+            for ``manifest.csv`` or ``truth.csv`` beside the predictions.
+        out_dir: folder for ``metrics.json`` and ``confusion_test.png``; default:
+            ``<predictions>.metrics.json`` and ``<predictions>.confusion.png`` beside the file.
+        labels: label order (default: the ``p_<label>`` columns, else the organisers' six).
+        extra: more keys for the metrics JSON (the evaluate stage adds CV scores).
+        run_owned: the evaluate stage writing its own run folder.
+        allow_missing: score the labeled samples that have a prediction even if some have none.
+        force: replace a run folder's ``metrics.json`` given as ``out_dir``.
+
+    Raises:
+        EvaluationError: a file that cannot be scored as it is (the message names file, row and problem).
     """
     pred_csv = Path(pred_csv)
-    pred = read_truth(pred_csv)
+    metrics_json, confusion_png = _outputs(pred_csv, None if out_dir is None else Path(out_dir), run_owned, force)
+    pred = read_labels(pred_csv, "predictions")
+    raw = pd.read_csv(pred_csv, dtype=str, keep_default_na=False, na_values=[""])
     if truth_csv is None:
         found = [p for p in (pred_csv.parent / "manifest.csv", pred_csv.parent / "truth.csv") if p.exists()]
         if not found:
             raise EvaluationError(f"{pred_csv}: no --truth given and no manifest.csv/truth.csv beside it")
         truth_csv = found[0]
-    truth = read_truth(truth_csv)
+    truth = _truth(Path(truth_csv))
     if labels is None:
-        header = pd.read_csv(pred_csv, nrows=0).columns
-        labels = [c[2:] for c in header if c.startswith("p_")]
-        labels = labels or sorted(set(truth["label"].dropna()) | set(pred["label"].dropna()))
+        labels = [c[2:] for c in raw.columns if c.startswith("p_")] or list(DEFAULT_LABELS)
+    check_predictions(raw.assign(sample_id=pred["sample_id"], label=pred["label"]), str(pred_csv), labels,
+                      pred.attrs["first_row"])
+    missing, unscored = coverage(pred, truth)
+    if missing and not allow_missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise EvaluationError(f"{pred_csv}: {len(missing)} of {len(truth)} labeled samples of {truth_csv} have no "
+                              f"prediction ({shown}); pass --allow-missing to score the others")
     metrics = evaluate(pred, truth, labels)
-    metrics.update(predictions=str(pred_csv), truth=str(truth_csv), **(extra or {}))
-    out = Path(out_dir) if out_dir else pred_csv.parent
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_confusion(metrics, out / "confusion_test.png")
-    metrics["files"] = [str(out / "metrics.json"), str(out / "confusion_test.png")]
+    metrics.update(n_extra=len(unscored), predictions=str(pred_csv), truth=str(truth_csv), **(extra or {}))
+    write_json(metrics_json, metrics)
+    plot_confusion(metrics, confusion_png)
+    metrics["files"] = [str(metrics_json), str(confusion_png)]
     return metrics

@@ -12,7 +12,6 @@ a single seed shows no +-).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mer.errors import MerError
+from mer.runfolder import ABLATION, METRICS, REPORT_JSON, REPORT_MD, ROBUSTNESS, SELFTRAIN, RunFolder
 
 # Matplotlib is imported lazily (it takes a second): only plotting needs it.
 AXIS_TITLES = {
@@ -61,15 +61,6 @@ def fmt_mean_std(values: list[float] | None, digits: int = 2, scale: float = 100
     if len(values or []) < 2:
         return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} +- {std * scale:.{digits}f}"
-
-
-def _read_json(path: Path) -> Any:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -199,7 +190,7 @@ def _summarise_ablation(ablation: dict) -> dict:
     return out
 
 
-def plot_rounds(selftrain: dict, out_dir: Path) -> list[Path]:
+def plot_rounds(selftrain: dict, run: RunFolder) -> list[Path]:
     """WAF per round, and pseudo-labels added + their accuracy per round."""
     import matplotlib
 
@@ -220,7 +211,7 @@ def plot_rounds(selftrain: dict, out_dir: Path) -> list[Path]:
     ax.set_xticks(xs)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(out_dir / "waf_per_round.png")
+    paths.append(run.plot("waf_per_round"))
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
@@ -235,7 +226,7 @@ def plot_rounds(selftrain: dict, out_dir: Path) -> list[Path]:
         ax2.set_ylabel("accuracy vs hidden truth (%)", color="tab:red")
         ax2.set_ylim(0, 100)
     fig.tight_layout()
-    paths.append(out_dir / "pseudo_labels_per_round.png")
+    paths.append(run.plot("pseudo_labels_per_round"))
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
@@ -255,11 +246,12 @@ def build_report(run_dir: str | Path) -> dict:
     """
     from mer.report.metrics import plot_confusion
 
-    run_dir = Path(run_dir)
-    metrics = _read_json(run_dir / "metrics.json")
-    selftrain = _read_json(run_dir / "selftrain.json")
-    ablation = _read_json(run_dir / "ablation.json")
-    robustness = _read_json(run_dir / "robustness.json")
+    run = RunFolder(run_dir)
+    run_dir = run.path
+    metrics = run.read_if_present(METRICS)
+    selftrain = run.read_if_present(SELFTRAIN)
+    ablation = run.read_if_present(ABLATION)
+    robustness = run.read_if_present(ROBUSTNESS)
     if metrics is None and selftrain is None and ablation is None and robustness is None:
         raise ReportError(f"{run_dir}: nothing to report (no metrics.json, selftrain.json, robustness.json or "
                           "ablation.json; run the evaluate/selftrain stages first)")
@@ -273,18 +265,20 @@ def build_report(run_dir: str | Path) -> dict:
 
     candidates = [("evaluate stage (metrics.json)", metrics)]
     if selftrain:
+        model = (metrics or {}).get("cv_train", {}) or {}
         candidates += [
-            ("train stage (predictions_test_supervised.csv)", selftrain.get("train_stage")),
+            (f"train stage (predictions_test_{model.get('model', 'supervised')}.csv)", selftrain.get("train_stage")),
             ("supervised vote of the self-training models (round 0)", selftrain.get("supervised")),
             ("self-training final vote (predictions_test.csv)", selftrain.get("final")),
         ]
-    summary = [[name, f"{m['weighted_f1'] * 100:.2f}", f"{m['accuracy'] * 100:.2f}"] for name, m in candidates if m]
+    summary = [[name, f"{m['weighted_f1'] * 100:.2f}", f"{m['accuracy'] * 100:.2f}"] for name, m in candidates
+               if m and m.get("weighted_f1") is not None]
     if summary:
         lines += ["## Summary", ""] + _table(["system", "test WAF", "accuracy"], summary) + [""]
     systems = (metrics or {}).get("systems") or {}
     if systems:
-        rows = [[name, fmt_mean_std(sys_["cv"].get("per_seed")), fmt_mean_std(sys_["test"].get("waf")),
-                 *[fmt_mean_std(sys_["test"].get(f"f1_{c}")) for c in focus]]
+        rows = [[name, fmt_mean_std(sys_["cv"].get("per_seed")), fmt_mean_std((sys_.get("test") or {}).get("waf")),
+                 *[fmt_mean_std((sys_.get("test") or {}).get(f"f1_{c}")) for c in focus]]
                 for name, sys_ in systems.items()]
         scheme = next(iter(systems.values()))["cv"]["scheme"]
         lines += ["## Supervised systems (mean +- std over seeds, percent)", "",
@@ -296,21 +290,20 @@ def build_report(run_dir: str | Path) -> dict:
     confusions = []
     if selftrain:
         lines += _rounds_section(selftrain) + _quality_section(selftrain, focus)
-        plots += plot_rounds(selftrain, run_dir)
+        plots += plot_rounds(selftrain, run)
         report["selftrain"] = {k: selftrain.get(k) for k in ("run_id", "rounds", "stopped", "comparison", "config")}
         if selftrain.get("supervised"):
-            confusions.append(("supervised vote (round 0)", selftrain["supervised"], "confusion_supervised.png"))
+            confusions.append(("supervised vote (round 0)", selftrain["supervised"], "confusion_supervised"))
         if selftrain.get("final"):
-            confusions.append(("self-training final vote", selftrain["final"], "confusion_selftrain.png"))
-    elif metrics:
-        confusions.append(("supervised", metrics, "confusion_test.png"))
+            confusions.append(("self-training final vote", selftrain["final"], "confusion_selftrain"))
+    elif metrics and metrics.get("weighted_f1") is not None:
+        confusions.append(("supervised", metrics, "confusion_test"))
 
     if confusions:
         lines += ["## Per-class results", ""]
         for title, m, png in confusions:
             lines += _metrics_section(title, m)
-            plot_confusion(m, run_dir / png)
-            plots.append(run_dir / png)
+            plots.append(plot_confusion(m, run.plot(png)))
         report["per_class"] = {title: m["per_class"] for title, m, _ in confusions}
 
     if robustness:
@@ -325,7 +318,7 @@ def build_report(run_dir: str | Path) -> dict:
 
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    report["files"] = [str(p) for p in plots] + [str(run_dir / "report.md"), str(run_dir / "report.json")]
-    (run_dir / "report.md").write_text("\n".join(lines))
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    report["files"] = [str(p) for p in plots] + [str(run / REPORT_MD), str(run / REPORT_JSON)]
+    (run / REPORT_MD).write_text("\n".join(lines))
+    run.write(REPORT_JSON, report)
     return report

@@ -8,7 +8,11 @@ Ray gauges so the dashboard / Prometheus shows a run's progress.
 from __future__ import annotations
 
 from mer.config import Job
-from mer.selftrain.rounds import per_class_f1, run_rounds
+from mer.corpus.labels import hidden_truth, split_truth
+from mer.metrics import per_class_f1
+from mer.runfolder import SELFTRAIN, RunFolder
+from mer.selftrain.rounds import Truth, run_rounds
+from mer.train.stage import fit_settings
 
 
 class _RoundGauges:
@@ -30,12 +34,33 @@ class _RoundGauges:
             self.waf.set(record["test_weighted_f1"], tags=tags)
 
 
+def check(job: Job) -> None:
+    """The vote's and the voters' names, checked before any stage runs."""
+    from mer.config import ConfigError
+    from mer.models import check_model
+    from mer.voting import check_rule
+
+    st = job.selftrain
+    check_rule(st, job.labels)
+    for model in st.models:
+        check_model(model, job.streams(), "selftrain.models", job.train)
+    if st.voting == "prior" and st.audio_model == "unimodal" and job.train.unimodal_role != "audio":
+        raise ConfigError(f"selftrain: prior voting trusts the audio model, but train.unimodal_role is "
+                          f"'{job.train.unimodal_role}'")
+
+
+def truth_of(job: Job) -> Truth:
+    """The labels a job's rounds are scored against (never trained on)."""
+    return Truth(test=split_truth(job.manifest, "test"), hidden=hidden_truth(job.truth), hidden_source=str(job.truth))
+
+
 def run(job: Job, echo=print) -> dict:
     """Run or resume self-training; returns a short summary for stages.json."""
     import ray
 
     gauges = _RoundGauges() if ray.is_initialized() else None
-    summary = run_rounds(job, echo=echo, on_round=gauges)
+    run_dir = RunFolder(job.run_dir)
+    summary = run_rounds(fit_settings(job), job.selftrain, run_dir, truth_of(job), echo=echo, on_round=gauges)
     rounds = summary["rounds"]
     return {
         "run_id": summary["run_id"],
@@ -43,6 +68,6 @@ def run(job: Job, echo=print) -> dict:
         "pseudo_labels": sum(r["added"] for r in rounds),
         "stopped": summary["stopped"],
         "test_weighted_f1": [r["test_weighted_f1"] for r in rounds],
-        "final_per_class_f1": per_class_f1(summary),
-        "outputs": [f"{job.run_dir}/selftrain.json", f"{job.run_dir}/predictions_test.csv"],
+        "final_per_class_f1": per_class_f1(summary.get("final")),
+        "outputs": [str(run_dir / SELFTRAIN), str(run_dir.predictions("test"))],
     }

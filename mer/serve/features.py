@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mer.config import role_of
 from mer.encoders import Encoder
 from mer.train.data import ArraySource, MultiModalData, ReadPlan, RoleData, RoleTable
 
@@ -53,7 +54,7 @@ def encode_rows(encoders: dict[str, Encoder], rows: list[dict]) -> tuple[dict[st
     for role, encoder in encoders.items():
         payloads = {}
         for i, row in enumerate(rows):
-            if i in errors or not row.get(f"has_{role}"):
+            if i in errors or not row.get(f"has_{role_of(role)}"):
                 continue
             try:
                 payloads[i] = encoder.prepare(row)

@@ -1,7 +1,9 @@
 """A trained run as one object: its encoders and models loaded once, predicting new clips.
 
-``Predictor.from_run(run_dir)`` loads the run's final predictor
-(:mod:`mer.serve.final`) and the encoders its checkpoints were trained on,
+``Predictor.from_run(run_dir)`` loads the run's final predictor (the run
+folder's ``predictor.json``, :meth:`mer.runfolder.RunFolder.final_predictor`:
+the self-training vote of the final round's models, else the train stage's seed
+ensemble) and the encoders its checkpoints were trained on,
 refusing to start when an encoder here is not the version the checkpoints
 recorded (changed weights or settings would feed the models features they
 never saw). ``predict_rows(rows)`` decodes and encodes the rows with the same
@@ -21,16 +23,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mer.config import ROLES, EncoderSpec
-from mer.encoders import Encoder, build_encoder
+from mer.config import ROLES, EncoderSpec, SelftrainConfig, role_of
+from mer.encoders import Encoder, build_encoder, encoder_class
 from mer.errors import MerError
-from mer.selftrain.voting import prob_columns
+from mer.runfolder import ENSEMBLE, VOTE, FinalPredictor, RunFolder
 from mer.serve.clips import check_row, file_rows, manifest_rows
 from mer.serve.features import clip_data, encode_rows, store_rows
-from mer.serve.final import ENSEMBLE, VOTE, FinalPredictor, final_predictor, vote
 from mer.train.checkpoint import load_models
 from mer.train.data import MultiModalData, RoleTable
 from mer.train.learner import predict_proba, to_device
+from mer.voting import average_seeds, final_vote, prob_columns
 
 BATCH = 256
 
@@ -60,23 +62,28 @@ def _load_member(model: str, path: Path, device: str) -> Member:
 
 
 def _encoders(members: list[Member], device: str) -> dict[str, Encoder]:
-    """One encoder per role, checked against the version every checkpoint recorded.
+    """One encoder per stream, checked against the version every checkpoint recorded.
 
     Raises:
-        MerError: a checkpoint records no encoder for a role, checkpoints
-            disagree, or the encoder here computes another version.
+        MerError: a checkpoint records no encoder for a stream, checkpoints
+            disagree, a stream's features were imported (no encoder to run on
+            media), or the encoder here computes another version.
     """
     encoders: dict[str, Encoder] = {}
     for member in members:
         for role, table in member.tables.items():
             spec = member.config.get("encoders", {}).get(role)
             if not spec or not table.encoder_version:
-                raise MerError(f"{member.path}: config.json records no encoder version for role '{role}'")
+                raise MerError(f"{member.path}: config.json records no encoder version for '{role}'")
             if role not in encoders:
                 try:
-                    encoders[role] = build_encoder(EncoderSpec(**spec), device)
+                    spec = EncoderSpec(**spec)
                 except TypeError as exc:  # a spec written by another mer version
                     raise MerError(f"{member.path}: the {role} encoder spec is not one this mer reads ({exc})") from None
+                if not encoder_class(spec.alias).extracts:
+                    raise MerError(f"{member.path}: '{role}' reads features imported into the store "
+                                   f"({spec.model}); new clips need an encoder that runs on media")
+                encoders[role] = build_encoder(spec, device)
             encoder = encoders[role]
             if encoder.version != table.encoder_version or encoder.alias != table.alias:
                 raise MerError(
@@ -84,7 +91,7 @@ def _encoders(members: list[Member], device: str) -> dict[str, Encoder]:
                     f"but {encoder.alias} here is version {encoder.version[:8]} (weights or settings changed): "
                     "restore them, or re-extract and retrain"
                 )
-    return {role: encoders[role] for role in ROLES if role in encoders}
+    return {s: encoders[s] for s in sorted(encoders, key=lambda s: (ROLES.index(role_of(s)), s))}
 
 
 def amf_weights(model: nn.Module, data: MultiModalData, batch_size: int = BATCH) -> dict[str, np.ndarray]:
@@ -130,18 +137,18 @@ class Predictor:
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
         """The run's final predictor: the self-training vote, else the train stage's seed ensemble."""
-        return cls(final_predictor(run_dir), run_dir, device)
+        return cls(RunFolder(run_dir).final_predictor(), run_dir, device)
 
     @classmethod
     def from_checkpoints(cls, checkpoints: list[str | Path], device: str | None = None) -> Predictor:
         """A seed ensemble of the given checkpoint folders (mean probability over every model)."""
-        return cls(FinalPredictor(ENSEMBLE, {"--checkpoint": [Path(c) for c in checkpoints]}), None, device)
+        return cls(FinalPredictor(ENSEMBLE, [], {"--checkpoint": [Path(c) for c in checkpoints]}), None, device)
 
     @property
     def weight_roles(self) -> list[str]:
-        """Roles with an AMF weight column (the AGT checkpoints' roles); empty without AGT."""
+        """Streams with an AMF weight column (the AGT checkpoints' streams); empty without AGT."""
         agt = {r for m in self.members if m.config["model"] == "agt" for r in m.tables}
-        return [r for r in ROLES if r in agt]
+        return [s for s in self.encoders if s in agt]
 
     @property
     def model_id(self) -> str:
@@ -219,7 +226,7 @@ class Predictor:
             if member.config["model"] == "agt":
                 weights += [amf_weights(model, data) for model in member.models]
         if self.final.kind == VOTE:
-            frame = vote(self.final.job, ids, groups)
+            frame = self._vote(ids, groups)
         else:
             mean = np.mean(every_model, 0)
             frame = pd.DataFrame(mean, columns=prob_columns(self.labels))
@@ -227,6 +234,15 @@ class Predictor:
         for role in self.weight_roles:
             frame[f"w_{role}"] = np.mean([w[role] for w in weights], 0)
         return frame.reset_index(drop=True)
+
+
+    def _vote(self, ids: list[str], groups: dict[str, list[tuple[Path, int, np.ndarray]]]) -> pd.DataFrame:
+        """The self-training vote over new samples, as the run voted its test split (same settings and weights)."""
+        cols = prob_columns(self.labels)
+        tables = {model: average_seeds([pd.DataFrame(p, columns=cols).assign(sample_id=ids) for _, _, p in items],
+                                       self.labels) for model, items in groups.items()}
+        voted = final_vote(tables, self.labels, SelftrainConfig(**self.final.selftrain), self.final.weights)
+        return voted.set_index("sample_id").loc[ids].reset_index()
 
 
 def records(frame: pd.DataFrame) -> list[dict]:

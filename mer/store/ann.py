@@ -110,8 +110,24 @@ class Searcher:
         )
 
 
+def cosine_distance(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``1 - cos`` between each row of ``vectors`` and ``query`` (0 = same direction, 2 = opposite)."""
+    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query)
+    return 1.0 - (vectors @ query) / np.maximum(norms, 1e-12)
+
+
 def nearest(tbl, query: np.ndarray, k: int, where: str | None = None) -> tuple[pd.DataFrame, str]:
-    """The k nearest rows to one vector: (sample_id, split, label, distance), and "ann" or "exact"."""
+    """The k nearest rows to one vector: (sample_id, split, label, distance), and "ann" or "exact".
+
+    The index finds the rows; the distance shown is always the exact cosine
+    distance (``1 - cos``) of the row's stored vector, so an indexed and an
+    exact search of the same neighbours report the same numbers (the index's
+    own quantised scores are on another scale).
+    """
     search = Searcher(tbl)
-    frame = search(np.asarray(query)[None, :], k, where).to_pandas()
-    return frame[[*RESULT_COLUMNS, "_distance"]].rename(columns={"_distance": "distance"}), search.mode
+    query = np.asarray(query, np.float32)
+    found = search(query[None, :], k, where, columns=[*RESULT_COLUMNS, "vector"])
+    frame = found.select(RESULT_COLUMNS).to_pandas()
+    vectors = found.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(found), -1)
+    frame["distance"] = cosine_distance(vectors.astype(np.float64), query.astype(np.float64))
+    return frame.sort_values("distance", kind="stable").reset_index(drop=True), search.mode

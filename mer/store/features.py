@@ -9,6 +9,7 @@ on ``<store>/<table>.lance`` included) reads the same tables.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mer.errors import MerError
 from mer.store.arrays import feature_table, seq_from_arrow, vectors_from_arrow
 from mer.store.diff import COMPARED, changed_rows
-from mer.store.errors import DimensionError, StoreError
+from mer.store.errors import DimensionError, StoreError, lance_message
 from mer.store.options import failure_cause, store_options
 from mer.store.schema import feature_schema, parse_table_name, table_name, vector_dim
 from mer.store.snapshot import TableSnapshot
@@ -156,6 +158,17 @@ class FeatureStore:
             raise StoreError(f"no features for encoder {want!r} in store {self.uri!r}; known: {self._known()}")
         return max(candidates, key=self._created)
 
+    @contextmanager
+    def readable(self, name: str):
+        """Turn a failure to read table ``name`` (files deleted or damaged under a live store) into a StoreError."""
+        try:
+            yield
+        except MerError:
+            raise
+        except Exception as exc:  # lance raises OSError, ValueError or RuntimeError by backend
+            raise StoreError(f"store {self.uri!r}: table {name} cannot be read ({lance_message(exc)}): its files are "
+                             "missing or damaged") from exc
+
     def _known(self) -> str:
         refs = ["@".join(parse_table_name(n)) for n in self.feature_tables()]
         return ", ".join(refs) if refs else "none (run the extract stage first)"
@@ -176,9 +189,10 @@ class FeatureStore:
 
     def describe_table(self, name: str) -> dict:
         """A feature table's shape: ``dim`` of ``vector``, ``has_seq``, current Lance ``version``, ``rows``."""
-        tbl = self.open_table(name)
-        return {"dim": int(tbl.schema.field("vector").type.list_size), "has_seq": "seq" in tbl.schema.names,
-                "version": int(tbl.version), "rows": tbl.count_rows()}
+        with self.readable(name):
+            tbl = self.open_table(name)
+            return {"dim": int(tbl.schema.field("vector").type.list_size), "has_seq": "seq" in tbl.schema.names,
+                    "version": int(tbl.version), "rows": tbl.count_rows()}
 
     def create_empty_like(self, name: str, source: FeatureStore, like: str | None = None) -> None:
         """An empty table ``name`` with the schema of ``source``'s table ``like`` (default ``name``): a modality with no rows."""
@@ -309,7 +323,8 @@ class FeatureStore:
         where = None
         if split is not None:
             where = pc.field("split").isin([split] if isinstance(split, str) else list(split))
-        data = tbl.to_lance().to_table(columns=columns, filter=where)
+        with self.readable(tbl.name):
+            data = tbl.to_lance().to_table(columns=columns, filter=where)
         seq = mask = None
         if with_seq:
             seq, mask = seq_from_arrow(data.column("seq"), max_len)
@@ -336,31 +351,34 @@ class FeatureStore:
         """Every table with its encoder, dimension, rows per split and label, and version count."""
         infos = []
         for name in self.table_names():
-            tbl = self.db.open_table(name)
-            parsed = parse_table_name(name)
-            versions = tbl.list_versions()
-            splits = labels = {}
-            dim = None
-            if parsed:
-                dim = vector_dim(tbl.schema)
-                counts = tbl.to_lance().to_table(columns=["split", "label"]).to_pandas()
-                splits = counts["split"].value_counts().to_dict()
-                labels = counts["label"].fillna("<none>").value_counts().to_dict()
-            infos.append(
-                TableInfo(
-                    name=name,
-                    alias=parsed[0] if parsed else None,
-                    version=parsed[1] if parsed else None,
-                    dim=dim,
-                    rows=tbl.count_rows(),
-                    versions=len(versions),
-                    created=versions[0]["timestamp"],
-                    splits=splits,
-                    labels=labels,
-                    indexed=any(i.columns == ["vector"] for i in tbl.list_indices()),
-                )
-            )
+            with self.readable(name):
+                infos.append(self._info(name))
         return infos
+
+    def _info(self, name: str) -> TableInfo:
+        """One table's summary (see :meth:`tables`)."""
+        tbl = self.db.open_table(name)
+        parsed = parse_table_name(name)
+        versions = tbl.list_versions()
+        splits = labels = {}
+        dim = None
+        if parsed:
+            dim = vector_dim(tbl.schema)
+            counts = tbl.to_lance().to_table(columns=["split", "label"]).to_pandas()
+            splits = counts["split"].value_counts().to_dict()
+            labels = counts["label"].fillna("<none>").value_counts().to_dict()
+        return TableInfo(
+            name=name,
+            alias=parsed[0] if parsed else None,
+            version=parsed[1] if parsed else None,
+            dim=dim,
+            rows=tbl.count_rows(),
+            versions=len(versions),
+            created=versions[0]["timestamp"],
+            splits=splits,
+            labels=labels,
+            indexed=any(i.columns == ["vector"] for i in tbl.list_indices()),
+        )
 
     # --- pseudo labels and runs -------------------------------------------
     def write_pseudo_labels(self, df: pd.DataFrame) -> int:

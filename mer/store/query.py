@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mer.store.ann import build_index, nearest
-from mer.store.errors import StoreError
+from mer.store.errors import StoreError, lance_message
 from mer.store.features import FeatureStore
 from mer.store.schema import parse_table_name, sql_string
 
@@ -85,7 +85,14 @@ def like(
         raise StoreError(f"sample {sample_id!r} is not in {tbl.name}")
     query = rows.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     own = f"sample_id != {sql_string(sample_id)}"
-    result, mode = nearest(tbl, query, k, f"({where}) AND {own}" if where else own)
+    try:
+        result, mode = nearest(tbl, query, k, f"({where}) AND {own}" if where else own)
+    except Exception as exc:  # lance's SQL parser and planner name the problem; keep that, not its Rust paths
+        if not where:
+            raise
+        columns = ", ".join(c for c in tbl.schema.names if c not in ("vector", "seq"))
+        raise StoreError(f'--where "{where}": not a filter on {tbl.name} ({lance_message(exc)}) '
+                         f"(columns: {columns})") from None
     result.insert(0, "rank", np.arange(1, len(result) + 1))
     return result, mode
 

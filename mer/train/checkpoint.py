@@ -36,25 +36,35 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def load_weights(model: nn.Module, path: Path, device: str | torch.device = "cpu") -> nn.Module:
-    unwrap(model).load_state_dict(load_file(str(path), device=str(device)))
+    """Load a weights file into ``model``; MerError naming the file when it is missing, damaged or of another model."""
+    try:
+        unwrap(model).load_state_dict(load_file(str(path), device=str(device)))
+    except FileNotFoundError:
+        raise MerError(f"{path}: missing (the checkpoint's weights)") from None
+    except Exception as exc:  # safetensors' header errors, or a state dict of another shape
+        raise MerError(f"{path}: cannot load the weights ({' '.join(str(exc).split())[:300]})") from None
     return model
 
 
 def read_config(checkpoint_dir: str | Path) -> dict:
-    """``config.json`` of a checkpoint folder; MerError if it is not one."""
+    """``config.json`` of a checkpoint folder; MerError if it is not one or the file is damaged."""
     path = Path(checkpoint_dir) / CONFIG
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise MerError(f"{checkpoint_dir}: not a checkpoint folder (no {CONFIG})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MerError(f"{path}: damaged ({' '.join(str(exc).split())})") from None
 
 
 def load_models(checkpoint_dir: str | Path) -> tuple[dict, list[nn.Module]]:
     """The config and one eval-mode model per weights file (fold) of a checkpoint."""
     config = read_config(checkpoint_dir)
-    cfg = train_config(config["train"])
-    models = []
-    for name in config["weights"]:
-        model = build_model(config["model"], config["dims"], len(config["labels"]), cfg)
-        models.append(load_weights(model, Path(checkpoint_dir) / name).eval())
+    try:
+        cfg, names = train_config(config["train"]), list(config["weights"])
+        model_name, dims, classes = config["model"], config["dims"], len(config["labels"])
+    except (KeyError, TypeError) as exc:
+        raise MerError(f"{Path(checkpoint_dir) / CONFIG}: not a mer checkpoint config (no {exc})") from None
+    models = [load_weights(build_model(model_name, dims, classes, cfg), Path(checkpoint_dir) / name).eval()
+              for name in names]
     return config, models

@@ -53,7 +53,7 @@ def out_of_fold(states: list[dict], labels: list[str]) -> tuple[dict, pd.DataFra
 
 
 def cross_validate(data: MultiModalData, labels: list[str], cfg: TrainConfig, model_name: str, seed: int,
-                   folds: int = 5, extra: dict[str, str] | None = None,
+                   folds: int = 5, extra: pd.DataFrame | None = None,
                    on_fold: Callable[[int, dict], None] | None = None) -> tuple[dict, pd.DataFrame]:
     """K-fold CV of one configuration and seed on the labeled train split, in this process.
 
@@ -64,7 +64,7 @@ def cross_validate(data: MultiModalData, labels: list[str], cfg: TrainConfig, mo
         model_name: model to build.
         seed: seeds the fold cut and the model.
         folds: K (>= 2).
-        extra: pseudo-labels ``{sample_id: label}`` that join training folds only.
+        extra: pseudo-labels ``sample_id,label`` that join training folds only.
         on_fold: called after each fold with ``(fold, running out-of-fold score)``
             (Ray Tune reports it, so ASHA can stop a bad trial early).
 

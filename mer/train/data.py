@@ -1,16 +1,20 @@
-"""Read a job's features from the store, joined across roles on sample_id.
+"""Read features from the store, joined across streams on sample_id.
 
-A :class:`ReadPlan` names, for every role of the job, the store table
-(``features__<alias>__<version8>``) and the table version it reads, so a
-training run reads a fixed snapshot and its checkpoint can say which.
+A :class:`ReadPlan` names, for every stream (a role, or one of a role's
+encoders), the store table (``features__<alias>__<version8>``) and the table
+version it reads, so a training run reads a fixed snapshot and its checkpoint
+can say which.
 
-Two read paths give the same batches:
+:func:`read_plan` first reads the small columns (``sample_id, split, label``)
+of every table, joins them and keeps the rows asked for (splits, and
+pseudo-labeled ids wherever they are), so a fit on 7,369 labeled clips never
+touches the 125,000 unlabeled ones. Then one of two paths gives the same batches:
 
-* numpy (default when the features fit in ``execution.memory_budget_gb``): one
-  column-projected ``FeatureStore.read`` per role into arrays;
-* streaming (above the budget): only ``sample_id/split/label`` are read up
-  front; each batch is fetched with Lance random access (``take``) by row
-  position, which works the same on a local folder and on object storage.
+* numpy (when the kept rows fit in ``execution.memory_budget_gb``): one Lance
+  ``take`` of the kept rows per table, held in arrays;
+* streaming (above the budget): each batch is fetched with Lance random access
+  (``take``) by row position, which works the same on a local folder and on
+  object storage, so memory stays flat whatever the pool size.
 
 Both paths sort samples by ``sample_id`` and pad ``seq`` to the encoder's
 ``seq_len``, so the same seed yields the same batches, bit for bit.
@@ -19,6 +23,7 @@ With ``train.audio_augment`` the plan also pins the table of the audio's
 noise-augmented copies (the audio spec with that corruption: its own encoder
 version, non-test rows only); :class:`AugmentedView` gives training batches in
 which each sample hears its noisy copy with probability ``train.augment_p``.
+No Ray here.
 """
 
 from __future__ import annotations
@@ -30,13 +35,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mer.config import Job
+from mer.config import EncoderSpec, TrainConfig
 from mer.errors import MerError
 
 
 @dataclass(frozen=True)
 class RoleTable:
-    """Where one role's features live and how they are read."""
+    """Where one stream's features live and how they are read."""
 
     role: str
     alias: str
@@ -47,24 +52,34 @@ class RoleTable:
     seq_len: int
     rows: int
 
+    @property
+    def row_bytes(self) -> int:
+        """float32 bytes of one row as read (vector plus padded seq)."""
+        return self.dim * (1 + self.seq_len) * 4
+
 
 @dataclass(frozen=True)
 class ReadPlan:
-    """Everything a worker needs to read the same snapshot (small, picklable)."""
+    """Everything a worker needs to read the same snapshot (small, picklable).
+
+    ``streaming``: True or False forces a read path; None picks it by the size
+    of the rows a read keeps against ``budget_gb``.
+    """
 
     store: str
     roles: dict[str, RoleTable]
-    streaming: bool
-    estimated_gb: float
+    streaming: bool | None
+    budget_gb: float
     augment: dict[str, RoleTable] = dataclasses.field(default_factory=dict)
+
+    @property
+    def estimated_gb(self) -> float:
+        """float32 size of every row of every table (what reading all of them would hold)."""
+        return sum(t.rows * t.row_bytes for t in [*self.roles.values(), *self.augment.values()]) / 1e9
 
     def describe(self) -> dict:
         """JSON-able summary written into checkpoints."""
-        out = {
-            "store": self.store,
-            "streaming": self.streaming,
-            "tables": {r: vars(t) for r, t in self.roles.items()},
-        }
+        out = {"store": self.store, "streaming": self.streaming, "tables": {r: vars(t) for r, t in self.roles.items()}}
         if self.augment:
             out["augment"] = {r: vars(t) for r, t in self.augment.items()}
         return out
@@ -79,54 +94,53 @@ def resolve_table(store, role: str, alias: str, encoder_version: str, seq_len: i
             when the table has no ``seq`` column.
 
     Raises:
-        MerError: the table is not in the store.
+        StoreError: the table is not in the store.
     """
     from mer.store import StoreError, table_name
 
     name = table_name(alias, encoder_version)
     if name not in store.table_names():
-        raise StoreError(f"store {store.uri}: no table {name} for role '{role}' (run the extract stage first)")
+        raise StoreError(f"store {store.uri}: no table {name} for '{role}' (run the extract stage, or `mer store import`)")
     info = store.describe_table(name)
     seq_len = seq_len if info["has_seq"] else 0
     return RoleTable(role, alias, encoder_version, name, info["version"], info["dim"], int(seq_len), info["rows"])
 
 
-def make_plan(store: str, tables: dict[str, RoleTable], budget_gb: float, streaming: bool | None,
+def make_plan(store: str, tables: dict[str, RoleTable], budget_gb: float, streaming: bool | None = None,
               augment: dict[str, RoleTable] | None = None) -> ReadPlan:
-    """A plan over resolved tables; ``streaming=None`` decides by the memory budget."""
-    augment = augment or {}
-    estimated_gb = sum(t.rows * t.dim * (1 + t.seq_len) * 4 for t in [*tables.values(), *augment.values()]) / 1e9
-    if streaming is None:
-        streaming = estimated_gb > budget_gb
-    return ReadPlan(store, dict(sorted(tables.items())), bool(streaming), round(estimated_gb, 4), dict(augment))
+    """A plan over resolved tables; ``streaming=None`` decides by the rows each read keeps."""
+    return ReadPlan(store, dict(sorted(tables.items())), streaming, float(budget_gb), dict(augment or {}))
 
 
-def plan_read(job: Job, streaming: bool | None = None) -> ReadPlan:
-    """Resolve the job's encoders to store tables and pin their newest versions.
+def plan_read(store: str, encoders: dict[str, EncoderSpec], train: TrainConfig, budget_gb: float,
+              streaming: bool | None = None) -> ReadPlan:
+    """Resolve encoder specs (stream -> spec) to store tables and pin their newest versions.
 
     Args:
-        job: the job (``encoders``, ``store``, ``train.use_seq``, ``execution.memory_budget_gb``).
-        streaming: force a read path; ``None`` picks streaming when the
-            estimated float32 size exceeds ``execution.memory_budget_gb``.
+        store: the store URI.
+        encoders: stream -> encoder spec.
+        train: reads ``use_seq`` and ``audio_augment``.
+        budget_gb: features up to this size are read into numpy.
+        streaming: force a read path (None: by size).
 
     Raises:
-        MerError: no encoders, or a role's table is not in the store.
+        MerError: no encoders, or a stream's table is not in the store.
     """
-    from mer.encoders import augment_spec, feature_ref, feature_refs
+    from mer.encoders import augment_spec, feature_ref
     from mer.store import open_store
 
-    if not job.encoders:
+    if not encoders:
         raise MerError("encoders: the job names no encoder, nothing to train on")
-    store = open_store(job.store)
+    db = open_store(store, create=False)
     tables = {}
-    for role, ref in feature_refs(job.encoders).items():
-        seq_len = job.encoders[role].seq_len if job.train.use_seq else 0
-        tables[role] = resolve_table(store, role, ref.alias, ref.version, seq_len)
+    for stream, spec in encoders.items():
+        ref = feature_ref(stream, spec)
+        tables[stream] = resolve_table(db, stream, ref.alias, ref.version, spec.seq_len if train.use_seq else 0)
     augment = {}
-    if job.train.audio_augment and "audio" in job.encoders:
-        ref = feature_ref("audio", augment_spec(job))
-        augment["audio"] = resolve_table(store, "audio", ref.alias, ref.version, tables["audio"].seq_len)
-    return make_plan(job.store, tables, job.execution.memory_budget_gb, streaming, augment)
+    if train.audio_augment and "audio" in encoders:
+        ref = feature_ref("audio", augment_spec(encoders["audio"], train.audio_augment))
+        augment["audio"] = resolve_table(db, "audio", ref.alias, ref.version, tables["audio"].seq_len)
+    return make_plan(store, tables, budget_gb, streaming, augment)
 
 
 def _pad_seq(seq: np.ndarray | None, mask: np.ndarray | None, n: int, seq_len: int, dim: int):
@@ -147,7 +161,7 @@ def _vector_as_step(seq: np.ndarray, mask: np.ndarray, vector: np.ndarray, rows:
 
 
 class ArraySource:
-    """One role's features held in memory (numpy path)."""
+    """One stream's features held in memory (numpy path)."""
 
     def __init__(self, vector: np.ndarray, seq: np.ndarray | None, seq_mask: np.ndarray | None):
         self.vector = np.ascontiguousarray(vector, dtype=np.float32)
@@ -160,7 +174,7 @@ class ArraySource:
 
 
 class LanceSource:
-    """One role's features fetched per batch by row position (streaming path).
+    """One stream's features fetched by row position from the pinned table (streaming path).
 
     Opens the pinned table version lazily, so the object pickles to Ray workers
     as three strings and an int.
@@ -179,7 +193,7 @@ class LanceSource:
         if self._snapshot is None:
             from mer.store import open_store
 
-            self._snapshot = open_store(self.store).snapshot(self.table.table, self.table.table_version)
+            self._snapshot = open_store(self.store, create=False).snapshot(self.table.table, self.table.table_version)
         return self._snapshot
 
     def take(self, rows: np.ndarray):
@@ -189,10 +203,19 @@ class LanceSource:
             return vector, None
         return vector, _pad_seq(*seq, len(rows), t.seq_len, t.dim)
 
+    def hold(self, rows: np.ndarray) -> tuple[ArraySource, np.ndarray]:
+        """The rows at these positions read once into memory, and each position's row in the result."""
+        order = np.unique(rows[rows >= 0])
+        vector, seq = self.take(order) if len(order) else (np.zeros((0, self.table.dim), np.float32), None)
+        if seq is None and self.table.seq_len:
+            seq = _pad_seq(None, None, 0, self.table.seq_len, self.table.dim)
+        moved = np.where(rows >= 0, np.searchsorted(order, rows), -1)
+        return ArraySource(vector, *(seq if seq is not None else (None, None))), moved
+
 
 @dataclass
 class RoleData:
-    """A role's source plus, per joined sample, its row in the source (-1 = absent)."""
+    """A stream's source plus, per joined sample, its row in the source (-1 = absent)."""
 
     table: RoleTable
     source: ArraySource | LanceSource
@@ -201,11 +224,11 @@ class RoleData:
 
 @dataclass
 class MultiModalData:
-    """Samples joined on ``sample_id`` across roles (outer join, sorted by id).
+    """Samples joined on ``sample_id`` across streams (outer join, sorted by id).
 
     Attributes:
         ids, split, label: per joined sample (label None where unlabeled).
-        roles: role -> :class:`RoleData`.
+        roles: stream -> :class:`RoleData`.
         plan: the :class:`ReadPlan` read.
         augment: role -> :class:`RoleData` of its augmented copies (rows -1 where none).
     """
@@ -225,7 +248,7 @@ class MultiModalData:
         return {r: d.table.dim for r, d in self.roles.items()}
 
     def present(self) -> dict[str, np.ndarray]:
-        """Role -> (N,) bool: which samples have that modality."""
+        """Stream -> (N,) bool: which samples have that modality."""
         return {r: d.rows >= 0 for r, d in self.roles.items()}
 
     def batch(self, index: np.ndarray) -> dict:
@@ -297,8 +320,12 @@ class DroppedView:
         return out
 
 
-def _join(metas: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Outer join of per-role (sample_id, split, label) frames, sorted by id."""
+def join(metas: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Outer join of per-stream (sample_id, split, label) frames, sorted by id.
+
+    Returns:
+        ``(joined sample_id/split/label, stream -> (N,) row in that stream's table, -1 = absent)``.
+    """
     frames = [m.assign(_role=r, _row=np.arange(len(m))) for r, m in metas.items()]
     allrows = pd.concat(frames, ignore_index=True)
     first = allrows.sort_values(["sample_id", "_role"], kind="stable").drop_duplicates("sample_id")
@@ -313,63 +340,54 @@ def _join(metas: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, np.nd
     return joined, rows
 
 
-def _split_list(splits) -> list[str] | None:
-    if splits is None:
+def _keep(joined: pd.DataFrame, splits: str | list[str] | None, ids) -> np.ndarray | None:
+    """Rows of ``splits``, plus rows whose id is in ``ids`` (None: every row)."""
+    if splits is None and ids is None:
         return None
-    return [splits] if isinstance(splits, str) else list(splits)
+    keep = np.zeros(len(joined), bool)
+    if splits is not None:
+        keep |= joined["split"].isin([splits] if isinstance(splits, str) else list(splits)).to_numpy()
+    if ids is not None and len(ids):
+        keep |= pd.Index(np.asarray(ids, dtype=str)).get_indexer(joined["sample_id"]) >= 0
+    return keep
 
 
-def read_plan(plan: ReadPlan, splits: str | list[str] | None = None) -> MultiModalData:
-    """Read (numpy) or index (streaming) the plan's tables; join on sample_id.
+def read_plan(plan: ReadPlan, splits: str | list[str] | None = None, ids=None) -> MultiModalData:
+    """Index the plan's tables, join them on sample_id and keep the rows asked for.
 
     Args:
-        plan: from :func:`plan_read`.
-        splits: keep only these splits (``None`` = all).
+        plan: from :func:`plan_read` or :func:`make_plan`.
+        splits: keep the rows of these splits (``None`` with ``ids`` None = all).
+        ids: also keep these sample ids, whatever their split (pseudo-labeled rows).
     """
-    wanted = _split_list(splits)
-    metas, sources = {}, {}
-    for role, t in [*plan.roles.items(), *((f"augment:{r}", t) for r, t in plan.augment.items())]:
-        metas[role], sources[role] = _open_source(plan, t, wanted)
-    aug_metas = {r: metas.pop(f"augment:{r}") for r in plan.augment}
-    joined, rows = _join(metas)
+    sources = {role: LanceSource(plan.store, t) for role, t in plan.roles.items()}
+    aug_sources = {role: LanceSource(plan.store, t) for role, t in plan.augment.items()}
+    joined, rows = join({role: s.snapshot().meta() for role, s in sources.items()})
+    aug_rows = {}
     index = pd.Index(joined["sample_id"])
-    augment = {}
-    for role, meta in aug_metas.items():
+    for role, source in aug_sources.items():
+        meta = source.snapshot().meta()
         alt = np.full(len(joined), -1, np.int64)
         pos = index.get_indexer(meta["sample_id"])
         alt[pos[pos >= 0]] = np.flatnonzero(pos >= 0)
-        augment[role] = (sources[f"augment:{role}"], alt)
-    if wanted is not None:
-        keep = joined["split"].isin(wanted).to_numpy()
+        aug_rows[role] = alt
+    keep = _keep(joined, splits, ids)
+    if keep is not None:
         joined = joined[keep].reset_index(drop=True)
         rows = {r: v[keep] for r, v in rows.items()}
-        augment = {r: (source, alt[keep]) for r, (source, alt) in augment.items()}
+        aug_rows = {r: v[keep] for r, v in aug_rows.items()}
+    row_bytes = sum(t.row_bytes for t in [*plan.roles.values(), *plan.augment.values()])
+    streaming = plan.streaming if plan.streaming is not None else len(joined) * row_bytes > plan.budget_gb * 1e9
+    held = {}
+    for role, source in [*sources.items(), *((f"augment:{r}", s) for r, s in aug_sources.items())]:
+        positions = rows[role] if role in rows else aug_rows[role.split(":", 1)[1]]
+        held[role] = (source, positions) if streaming else source.hold(positions)
     label = joined["label"].astype(object).where(joined["label"].notna(), None).to_numpy()
-    roles = {r: RoleData(plan.roles[r], sources[r], rows[r]) for r in plan.roles}
     return MultiModalData(
         ids=joined["sample_id"].to_numpy().astype(str),
         split=joined["split"].to_numpy().astype(str),
         label=label,
-        roles=roles,
-        plan=plan,
-        augment={r: RoleData(plan.augment[r], source, alt) for r, (source, alt) in augment.items()},
+        roles={r: RoleData(plan.roles[r], *held[r]) for r in plan.roles},
+        plan=dataclasses.replace(plan, streaming=streaming),
+        augment={r: RoleData(plan.augment[r], *held[f"augment:{r}"]) for r in plan.augment},
     )
-
-
-def _open_source(plan: ReadPlan, t: RoleTable, wanted: list[str] | None):
-    """``(meta frame sample_id/split/label, source)`` of one table: in memory, or streamed by position."""
-    if plan.streaming:
-        source = LanceSource(plan.store, t)
-        return source.snapshot().meta(), source
-    from mer.store import open_store
-
-    f = open_store(plan.store).read(t.table, split=wanted, with_seq=bool(t.seq_len), as_of=t.table_version,
-                                    max_len=t.seq_len or None)
-    seq = _pad_seq(f.seq, f.seq_mask, len(f.ids), t.seq_len, t.dim) if t.seq_len else None
-    meta = pd.DataFrame({"sample_id": f.ids.astype(str), "split": f.split, "label": f.label})
-    return meta, ArraySource(f.vector, *(seq if seq else (None, None)))
-
-
-def load_features(job: Job, splits: str | list[str] | None = None, streaming: bool | None = None) -> MultiModalData:
-    """The job's features joined on sample_id (numpy or streaming path by budget)."""
-    return read_plan(plan_read(job, streaming=streaming), splits)

@@ -1,14 +1,15 @@
 """Fit one model on the store's features with Ray Train; export a checkpoint folder.
 
-``fit`` is what the ``train`` stage and self-training call. It pins the store
-table versions (:func:`mer.train.data.plan_read`), runs a ``TorchTrainer``
+``fit`` is what the ``train`` stage and self-training call (through the fit
+cache, :mod:`mer.train.cache`). It pins the store table versions
+(:meth:`FitSettings.plan`), runs a ``TorchTrainer``
 (``ScalingConfig(num_workers, use_gpu, resources_per_worker)``; DDP when
-``num_workers > 1``) per fold, and exports the best-validation weights as safetensors plus
-``config.json``. Ray Train keeps its own per-epoch checkpoints under
-``run_dir/ray_train/<name>`` and ``FailureConfig(max_failures)`` restarts dead
-workers from the newest one. The run name hashes everything the result
-depends on, so rerunning the same fit resumes (or skips) instead of starting
-over, and a changed input starts fresh.
+``num_workers > 1``) per fold, and exports the best-validation weights as
+safetensors plus ``config.json``. Ray Train keeps its own per-epoch checkpoints
+under ``run_dir/ray_train/<name>`` and ``FailureConfig(max_failures)`` restarts
+dead workers from the newest one. The run name hashes everything the result
+depends on (:func:`mer.train.key.fit_name`), so rerunning the same fit resumes
+(or skips) instead of starting over, and a changed input starts fresh.
 """
 
 from __future__ import annotations
@@ -21,31 +22,32 @@ from pathlib import Path
 
 import pandas as pd
 
-from mer.config import ExecutionConfig, Job
+from mer.config import ExecutionConfig
 from mer.errors import MerError
 from mer.placement import check_placeable
-from mer.train.cache import fit_name
 from mer.train.checkpoint import CONFIG, OOF_FILE
 from mer.train.crossval import out_of_fold
-from mer.train.data import ReadPlan, plan_read
+from mer.train.data import ReadPlan
+from mer.train.key import fit_name
 from mer.train.loop import train_loop
+from mer.train.settings import FitSettings
 
 
-
-def _extra_dict(extra_labels: pd.DataFrame | None, labels: list[str]) -> dict[str, str] | None:
-    """Pseudo-labels as ``{sample_id: label}``; MerError on a label outside the set."""
+def check_extra(extra_labels: pd.DataFrame | None, labels: list[str]) -> pd.DataFrame | None:
+    """Pseudo-labels ``sample_id,label`` (ids as text); MerError on a missing column or a label outside the set."""
     if extra_labels is None or extra_labels.empty:
         return None
     missing = {"sample_id", "label"} - set(extra_labels.columns)
     if missing:
         raise MerError(f"extra labels: missing column(s) {', '.join(sorted(missing))}")
-    unknown = sorted(set(extra_labels["label"]) - set(labels))
+    unknown = sorted(set(extra_labels["label"].astype(str)) - set(labels))
     if unknown:
         raise MerError(f"extra labels: label '{unknown[0]}' is not in the job's labels")
-    return dict(zip(extra_labels["sample_id"].astype(str), extra_labels["label"].astype(str)))
+    return pd.DataFrame({"sample_id": extra_labels["sample_id"].astype(str).to_numpy(),
+                         "label": extra_labels["label"].astype(str).to_numpy()})
 
 
-def train_one(job: Job, loop_config: dict, storage: Path, name: str, worker_loop=None):
+def train_one(execution: ExecutionConfig, loop_config: dict, storage: Path, name: str, worker_loop=None):
     """One TorchTrainer run; returns the ``ray.train.Result``.
 
     A dead worker is Ray Train's to restart (``FailureConfig``). A *controller*
@@ -57,11 +59,11 @@ def train_one(job: Job, loop_config: dict, storage: Path, name: str, worker_loop
     """
     import ray.train
 
-    for attempt in range(job.execution.max_failures + 1):
+    for attempt in range(execution.max_failures + 1):
         try:
-            return _trainer(job, loop_config, storage, name, worker_loop).fit()
+            return _trainer(execution, loop_config, storage, name, worker_loop).fit()
         except ray.train.ControllerError:
-            if attempt == job.execution.max_failures:
+            if attempt == execution.max_failures:
                 raise
             logging.getLogger(__name__).warning("Ray Train controller failed on %s; resuming it", name)
 
@@ -74,11 +76,10 @@ def scaling(cfg: ExecutionConfig):
                                    resources_per_worker=cfg.resources_per_worker or None)
 
 
-def _trainer(job: Job, loop_config: dict, storage: Path, name: str, worker_loop):
+def _trainer(cfg: ExecutionConfig, loop_config: dict, storage: Path, name: str, worker_loop):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    cfg = job.execution
     return TorchTrainer(
         worker_loop or train_loop,
         train_loop_config=loop_config,
@@ -94,7 +95,7 @@ def _trainer(job: Job, loop_config: dict, storage: Path, name: str, worker_loop)
 
 
 def fit(
-    job: Job,
+    settings: FitSettings,
     model_name: str,
     seed: int,
     out_dir: str | Path,
@@ -104,11 +105,11 @@ def fit(
     streaming: bool | None = None,
     worker_loop=None,
 ) -> Path:
-    """Train ``model_name`` with ``seed`` on the job's features; export a checkpoint.
+    """Train ``model_name`` with ``seed`` on the settings' features; export a checkpoint.
 
     Args:
-        job: the job (encoders, store, labels, ``train`` settings).
-        model_name: ``agt``, ``attention``, ``concat`` or ``unimodal``.
+        settings: store, streams, labels, recipe and execution (:class:`FitSettings`).
+        model_name: ``agt``, ``attention``, ``concat``, ``unimodal`` or ``linear``.
         seed: seeds the model init, the validation cut, shuffles and dropout.
         out_dir: checkpoint folder to write (``model.safetensors`` or one
             ``model_fold<k>.safetensors`` per fold, plus ``config.json``).
@@ -122,25 +123,27 @@ def fit(
     Returns:
         ``out_dir`` as a Path.
     """
-    cfg = job.train
-    check_placeable(scaling(job.execution), "execution.num_workers / use_gpu / resources_per_worker")
-    plan = plan or plan_read(job, streaming=streaming)
-    extra = _extra_dict(extra_labels, job.labels)
+    cfg = settings.train
+    check_placeable(scaling(settings.execution), "execution.num_workers / use_gpu / resources_per_worker")
+    plan = plan or settings.plan(streaming)
+    extra = check_extra(extra_labels, settings.labels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    storage = (Path(job.run_dir) / "ray_train").resolve()
+    storage = settings.ray_storage
     folds = list(range(cfg.folds)) if cfg.folds > 1 else [None]
     weights, histories, runs = [], [], []
     # Ray Train's own INFO lines (run status, storage paths) would drown the stage's progress.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    base = fit_name(settings, plan, model_name, seed, extra)
     for fold in folds:
         tag = f"{model_name} seed{seed}" + ("" if fold is None else f" fold{fold}")
         loop_config = {
-            "plan": plan, "train": dataclasses.asdict(cfg), "execution": dataclasses.asdict(job.execution),
-            "labels": list(job.labels), "model": model_name, "seed": seed, "fold": fold, "extra": extra, "tag": tag,
+            "plan": plan, "train": dataclasses.asdict(cfg), "execution": dataclasses.asdict(settings.execution),
+            "labels": list(settings.labels), "model": model_name, "seed": seed, "fold": fold, "extra": extra,
+            "tag": tag,
         }
-        run_name = fit_name(job, plan, model_name, seed, extra_labels) + ("" if fold is None else f"_fold{fold}")
-        result = train_one(job, loop_config, storage, run_name, worker_loop)
+        run_name = base + ("" if fold is None else f"_fold{fold}")
+        result = train_one(settings.execution, loop_config, storage, run_name, worker_loop)
         if result.checkpoint is None:
             raise MerError(f"training {tag} reported no checkpoint (see {storage})")
         name = "model.safetensors" if fold is None else f"model_fold{fold}.safetensors"
@@ -150,34 +153,35 @@ def fit(
         weights.append(name)
         histories.append(state)
         runs.append(storage / run_name)
-    cv, oof = out_of_fold(histories, job.labels)
+    cv, oof = out_of_fold(histories, settings.labels)
     oof.to_csv(out / OOF_FILE, index=False, float_format="%.6f")
     config = {
         "format": 1,
         "model": model_name,
-        "labels": list(job.labels),
+        "labels": list(settings.labels),
         "dims": {r: t.dim for r, t in plan.roles.items()},
         "train": dataclasses.asdict(cfg),
         "seed": seed,
         "weights": weights,
-        "encoders": {r: dataclasses.asdict(s) for r, s in job.encoders.items()},
+        "encoders": {r: dataclasses.asdict(s) for r, s in settings.encoders.items()},
         "read": plan.describe(),
-        "extra_labels": len(extra or {}),
+        "extra_labels": 0 if extra is None else len(extra),
         "best_val_f1": [h["best_f1"] for h in histories],
         "cv": cv,
         "history": [h["history"] for h in histories],
         "resumed_at": [h.get("resumed_at", []) for h in histories],
+        "read_path": [h.get("read_path") for h in histories],
     }
     (out / CONFIG).write_text(json.dumps(config, indent=2, default=str))
     for run in runs:  # Ray Train's checkpoints exist for resuming; the export is complete now
         shutil.rmtree(run, ignore_errors=True)
-    _log_run(job, f"{job.name}/{model_name}/seed{seed}", config)
+    _log_run(settings, f"{settings.name}/{model_name}/seed{seed}", config)
     return out
 
 
-def _log_run(job: Job, run_id: str, config: dict) -> None:
-    """Per-epoch metrics into the store's ``runs`` table when the store has one."""
+def _log_run(settings: FitSettings, run_id: str, config: dict) -> None:
+    """Per-epoch metrics into the store's ``runs`` table."""
     from mer.store import open_store
 
     metrics = {k: config[k] for k in ("model", "seed", "best_val_f1", "cv", "history", "read")}
-    open_store(job.store).log_run(run_id, job.to_yaml(), metrics)
+    open_store(settings.store).log_run(run_id, settings.config_yaml, metrics)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, f1_score
@@ -41,16 +42,18 @@ class Rows:
     targets: np.ndarray  # (N,) int, -1 = no label
 
 
-def targets_of(data: MultiModalData, labels: list[str], extra: dict[str, str] | None) -> np.ndarray:
-    """Label index per joined sample; pseudo-labels in ``extra`` override ``None``."""
-    lookup = {name: i for i, name in enumerate(labels)}
-    label = data.label.copy()
-    if extra:
-        pos = {sid: i for i, sid in enumerate(data.ids)}
-        for sid, name in extra.items():
-            if sid in pos:
-                label[pos[sid]] = name
-    return np.array([lookup.get(x, -1) if x is not None else -1 for x in label], np.int64)
+def targets_of(data: MultiModalData, labels: list[str], extra: pd.DataFrame | None) -> np.ndarray:
+    """Label index per joined sample (-1 = none); pseudo-labels ``extra`` (``sample_id,label``) fill the rest.
+
+    Vectorised (index look-ups, no per-sample Python): a pool of 125,000
+    pseudo-labels costs milliseconds.
+    """
+    label = pd.Series(data.label, dtype=object)
+    if extra is not None and len(extra):
+        pos = pd.Index(data.ids).get_indexer(extra["sample_id"].astype(str))
+        found = pos >= 0
+        label.iloc[pos[found]] = extra["label"].to_numpy(dtype=object)[found]
+    return pd.Index(labels).get_indexer(label.fillna("")).astype(np.int64)
 
 
 def labeled_train(data: MultiModalData, targets: np.ndarray) -> np.ndarray:
@@ -66,7 +69,7 @@ def fold_splitter(y: np.ndarray, folds: int, seed: int):
 
 
 def choose_rows(data: MultiModalData, targets: np.ndarray, cfg: TrainConfig, seed: int,
-                fold: int | None, extra: dict[str, str] | None) -> Rows:
+                fold: int | None, extra: pd.DataFrame | None) -> Rows:
     """Validation rows come only from the labeled train split; pseudo-labeled rows only train.
 
     With ``fold`` set, the labeled train split is cut by a stratified
@@ -74,7 +77,8 @@ def choose_rows(data: MultiModalData, targets: np.ndarray, cfg: TrainConfig, see
     ``val_fraction`` holdout.
     """
     labeled = labeled_train(data, targets)
-    pseudo = np.flatnonzero(np.isin(data.ids, list(extra or {})) & (data.split != "test") & (targets >= 0))
+    extra_ids = np.asarray([] if extra is None else extra["sample_id"], dtype=str)
+    pseudo = np.flatnonzero(np.isin(data.ids, extra_ids) & (data.split != "test") & (targets >= 0))
     pseudo = np.setdiff1d(pseudo, labeled)
     y = targets[labeled]
     if fold is not None:

@@ -49,13 +49,17 @@ def train_loop(config: dict) -> None:
     quiet_ray_train_worker()
 
     start = time.perf_counter()
-    data = read_plan(config["plan"])
-    targets = targets_of(data, labels, config["extra"])
-    rows = choose_rows(data, targets, cfg, seed, fold, config["extra"])
+    extra = config["extra"]
+    # The labeled train split and the pseudo-labeled rows: a fit never reads the rest of the pool.
+    data = read_plan(config["plan"], "train", None if extra is None else extra["sample_id"])
+    targets = targets_of(data, labels, extra)
+    rows = choose_rows(data, targets, cfg, seed, fold, extra)
     read_seconds = time.perf_counter() - start
+    read_path = "streaming" if data.plan.streaming else "numpy"
 
     device = ray.train.torch.get_device() if execution.use_gpu else torch.device("cpu")
     learner = Learner(config["model"], data, rows, cfg, len(labels), seed, device)
+    learner.state["read_path"] = read_path
     if learner.solvable:  # convex (linear): solved once, deterministic; a restart simply solves again
         _report(learner, {**learner.solve(), "read_seconds": read_seconds}, rank)
         return

@@ -1,58 +1,98 @@
-"""The ``train`` stage: fit ``train.model`` (and the ``train.baseline`` floor) per seed, ensemble-predict."""
+"""The ``train`` stage: fit ``train.model`` (and the ``train.baseline`` floor) per seed; publish the seed ensemble.
+
+It is also where a job becomes the settings the training code below takes
+(:func:`fit_settings`): the selftrain, robustness, ablation and tune stages
+unpack their job through it.
+"""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 
 from mer.config import Job
-from mer.train.cache import fit_many
+from mer.errors import MerError
+from mer.metrics import score, seed_cell
+from mer.runfolder import ENSEMBLE, FinalPredictor, RunFolder, write_predictions
+from mer.train.cache import fit_many, predict_cached
 from mer.train.checkpoint import read_config
-from mer.train.data import plan_read
-from mer.train.predict import predict, write_predictions
+from mer.train.settings import FitSettings
 
-#: What the train stage leaves for the evaluate stage: per system, its checkpoints and CV scores.
-SYSTEMS_FILE = "train.json"
+
+def fit_settings(job: Job, fits_dir: str | None = None) -> FitSettings:
+    """What the job's fits read and how they run (``fits_dir`` default: ``run_dir/checkpoints``)."""
+    return FitSettings(
+        name=job.name, store=job.store, manifest=job.manifest, labels=list(job.labels), encoders=job.streams(),
+        train=job.train, execution=job.execution, run_dir=job.run_dir,
+        fits_dir=str(fits_dir or RunFolder(job.run_dir).checkpoints), config_yaml=job.to_yaml(),
+    )
+
+
+def check(job: Job) -> None:
+    """Names the train stage needs, checked before any stage runs."""
+    from mer.models import check_model
+
+    check_model(job.train.model, job.streams(), "train.model", job.train)
+    if job.train.baseline:
+        check_model(job.train.baseline, job.streams(), "train.baseline", job.train)
 
 
 def run(job: Job, echo=print) -> dict:
-    """Fit (or reuse) one checkpoint per seed in the fit cache ``run_dir/checkpoints/``; write predictions.
+    """Fit (or reuse) one checkpoint per seed in the fit cache ``run_dir/checkpoints/``; publish predictions.
 
-    Writes ``run_dir/predictions_test.csv`` and ``run_dir/predictions_unlabeled.csv``
-    (``train.model``'s seed ensemble: mean probabilities),
-    ``run_dir/predictions_test_<baseline>.csv`` (the baseline's), and
-    ``run_dir/train.json``: per system its checkpoints and their
-    cross-validated (or holdout) weighted F1 on the labeled train split, which
-    the evaluate stage puts beside the test figures. Self-training's round 0
-    reuses these fits.
+    Writes ``train.json`` (per system: its checkpoints, their cross-validated
+    weighted F1 on the labeled train split and, where the test split has
+    labels, their per-seed test scores), ``predictions_test_<system>.csv`` per
+    system, and publishes ``train.model``'s seed ensemble (mean probabilities)
+    as the run's predictor: ``predictor.json``, ``predictions_test.csv`` and
+    ``predictions_unlabeled.csv``. Self-training's round 0 reuses these fits.
     """
-    run_dir = Path(job.run_dir)
-    plan = plan_read(job)
+    from mer.corpus.labels import split_truth
+
+    run = RunFolder(job.run_dir)
+    fit = fit_settings(job)
+    plan = fit.plan()
     systems = [job.train.model] + ([job.train.baseline] if job.train.baseline not in (None, job.train.model) else [])
-    fits = fit_many(job, [(m, seed) for m in systems for seed in job.train.seeds], plan=plan)
+    fits = fit_many(fit, [(m, seed) for m in systems for seed in job.train.seeds], plan=plan)
+    truth = split_truth(job.manifest, "test")
     record = {"model": job.train.model, "baseline": job.train.baseline, "systems": {}}
+    predictions = {}
     for model in systems:
         checkpoints = [fits[(model, seed)] for seed in job.train.seeds]
-        record["systems"][model] = {"checkpoints": [str(c) for c in checkpoints],
-                                    "cv": cv_summary(model, checkpoints)}
-    (run_dir / SYSTEMS_FILE).write_text(json.dumps(record, indent=2))
-    main = record["systems"][job.train.model]
-    summary = {"model": job.train.model, "checkpoints": main["checkpoints"],
-               "read_path": "streaming" if plan.streaming else "numpy", "cv_weighted_f1": main["cv"]["mean"]}
-    for split in ("test", "unlabeled"):
-        frame = predict(main["checkpoints"], job.store, split)
-        summary[f"predictions_{split}"] = str(write_predictions(frame, run_dir / f"predictions_{split}.csv"))
-        summary[f"n_{split}"] = len(frame)
-    if len(systems) > 1:
-        base = record["systems"][systems[1]]
-        path = run_dir / f"predictions_test_{systems[1]}.csv"
-        summary["predictions_test_baseline"] = str(write_predictions(predict(base["checkpoints"], job.store, "test"), path))
-    return summary
+        per_seed = predict_cached(checkpoints, job.store, "test", job.execution)
+        ensemble = _mean(per_seed, job.labels)
+        write_predictions(ensemble, run.predictions("test", model))
+        record["systems"][model] = {
+            "checkpoints": [run.relative(c) for c in checkpoints],
+            "cv": cv_summary(model, checkpoints),
+            "test": seed_cell([score(p, truth, job.labels) for p in per_seed]) if truth is not None else None,
+        }
+        if model == job.train.model:
+            predictions["test"] = ensemble
+            predictions["unlabeled"] = _mean(predict_cached(checkpoints, job.store, "unlabeled", job.execution),
+                                             job.labels)
+    run.write("train.json", record)
+    main = [fits[(job.train.model, s)] for s in job.train.seeds]
+    paths = run.publish_final(FinalPredictor(ENSEMBLE, list(job.labels), {job.train.model: main},
+                                             seeds=list(job.train.seeds)), predictions)
+    return {"model": job.train.model, "checkpoints": [str(c) for c in main],
+            "cv_weighted_f1": record["systems"][job.train.model]["cv"]["mean"],
+            **{f"predictions_{s}": str(p) for s, p in paths.items()},
+            **{f"n_{s}": len(f) for s, f in predictions.items()}}
 
 
-def cv_summary(model: str, checkpoints: list[Path]) -> dict:
+def _mean(frames: list, labels: list[str]):
+    """The seed ensemble: mean probability per sample over the seeds' prediction frames."""
+    from mer.train.predict import frame
+    from mer.voting import prob_columns
+
+    if any(not f["sample_id"].equals(frames[0]["sample_id"]) for f in frames[1:]):
+        raise MerError("the seeds' predictions cover different samples")
+    cols = prob_columns(labels)
+    mean = np.mean([f[cols].to_numpy(float) for f in frames], axis=0)
+    return frame(frames[0]["sample_id"].to_numpy(), mean, labels)
+
+
+def cv_summary(model: str, checkpoints: list) -> dict:
     """Per-seed cross-validated (or holdout) weighted F1 of fits, with mean and std."""
     cvs = [read_config(c)["cv"] for c in checkpoints]
     scores = [c["weighted_f1"] for c in cvs if c["weighted_f1"] is not None]

@@ -1,4 +1,4 @@
-"""What ``mer tune`` leaves in ``run_dir``: the trial table, a plot and the best job file (no Ray)."""
+"""What ``mer tune`` leaves in ``run_dir``: the trial table and its plot (no Ray); the tune stage writes ``best.yaml``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mer.config import Job, with_values
+from mer.runfolder import TUNE_PLOT, TUNE_RESULTS, RunFolder
 
 METRIC = "cv_weighted_f1"
 
@@ -29,26 +29,14 @@ def rank_trials(rows: list[dict]) -> pd.DataFrame:
     return frame.drop(columns=["_key", "_complete"]).reset_index(drop=True)
 
 
-def write_results(job: Job, table: pd.DataFrame, run_dir: Path) -> dict:
-    """``tune_results.csv``, ``tune.png`` and ``best.yaml`` (the job with the best trial's values).
-
-    ``best.yaml`` keeps the job's stages but ``tune`` (none left: train,
-    evaluate, report); its ``run_dir`` is ``run_dir/best`` and its
-    ``tune.space`` is emptied, so ``mer run best.yaml`` trains it.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    table.round({METRIC: 6, "cv_std": 6}).to_csv(run_dir / "tune_results.csv", index=False)
+def write_results(table: pd.DataFrame, run: RunFolder) -> tuple[dict, pd.Series]:
+    """``tune_results.csv`` and ``tune.png``; returns ``(best values, best trial row)``."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    table.round({METRIC: 6, "cv_std": 6}).to_csv(run / TUNE_RESULTS, index=False)
     params = [c for c in table.columns if c.startswith("train.")]
     best = table[table["status"] == "complete"].iloc[0]
-    values = {k: _plain(best[k]) for k in params}
-    stages = [s for s in job.stages if s != "tune"] or ["train", "evaluate", "report"]
-    best_job = with_values(job, {**values, "run_dir": str(run_dir / "best"), "tune.space": {}, "stages": stages})
-    (run_dir / "best.yaml").write_text(
-        f"# chosen by mer tune: {best[METRIC]:.4f} weighted F1, {job.tune.folds}-fold CV on the labeled train split\n"
-        + best_job.to_yaml())
-    _plot(table, run_dir / "tune.png")
-    return {"best": values, "best_cv_weighted_f1": float(best[METRIC]), "trials": len(table),
-            "files": [str(run_dir / n) for n in ("tune_results.csv", "tune.png", "best.yaml")]}
+    _plot(table, run / TUNE_PLOT)
+    return {k: _plain(best[k]) for k in params}, best
 
 
 def _plain(value):

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from ray.tune import Callback
 
-from mer.config import Job, job_from_dict, with_values
+from mer.config import ConfigError, Job, job_from_dict, with_values
 from mer.errors import MerError
-from mer.train.cache import digest
-from mer.train.data import ReadPlan, plan_read
+from mer.runfolder import TUNE_BEST, TUNE_PLOT, TUNE_RESULTS, RunFolder
+from mer.train.data import ReadPlan
+from mer.train.key import digest, fingerprint
+from mer.train.stage import fit_settings
 from mer.tune.results import METRIC, rank_trials, write_results
 
 
@@ -82,9 +83,26 @@ class _Progress(Callback):
 
 def experiment_name(job: Job) -> str:
     """Stable name of a search: the job name plus a hash of the recipe, the search and the data it reads."""
-    from mer.train.cache import fingerprint
+    return f"{job.name}-{digest([fingerprint(fit_settings(job)), dataclasses.asdict(job.tune)])[:8]}"
 
-    return f"{job.name}-{digest([fingerprint(job), dataclasses.asdict(job.tune)])[:8]}"
+
+def check(job: Job) -> None:
+    """The searched model names, checked before any stage runs (the keys were checked when the job was read)."""
+    from mer.models import MODELS
+
+    models = (job.tune.space.get("train.model") or {}).get("choice", [job.train.model])
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"tune.space.train.model: unknown model '{unknown[0]}' (known: {', '.join(MODELS)})")
+
+
+def write_best(job: Job, values: dict, best, run: RunFolder) -> None:
+    """``best.yaml``: the job with the best trial's values, the stages but ``tune``, ``run_dir`` ``<run_dir>/best``."""
+    stages = [s for s in job.stages if s != "tune"] or ["train", "evaluate", "report"]
+    best_job = with_values(job, {**values, "run_dir": str(run.path / "best"), "tune.space": {}, "stages": stages})
+    (run / TUNE_BEST).write_text(
+        f"# chosen by mer tune: {best[METRIC]:.4f} weighted F1, {job.tune.folds}-fold CV on the labeled train split\n"
+        + best_job.to_yaml())
 
 
 def run(job: Job, echo: Callable[[str], None] = print) -> dict:
@@ -105,9 +123,9 @@ def tune_job(job: Job, echo: Callable[[str], None] = print) -> dict:
     cfg = job.tune
     if not cfg.space:
         raise MerError("tune.space: empty; name at least one train.<key> to search (see jobs/tune.yaml)")
-    plan = plan_read(job)
-    run_dir = Path(job.run_dir)
-    storage = (run_dir / "tune").resolve()
+    plan = fit_settings(job).plan()
+    run = RunFolder(job.run_dir)
+    storage = run.tune_state.resolve()
     name = experiment_name(job)
     trainable = tune.with_resources(
         tune.with_parameters(trial, job_data=dataclasses.asdict(job), plan=plan), {"cpu": cfg.cpus_per_trial})
@@ -142,9 +160,12 @@ def tune_job(job: Job, echo: Callable[[str], None] = print) -> dict:
     if not complete:
         raise MerError(f"tune: no trial finished (see {storage / name})")
     table = rank_trials(rows)
-    summary = write_results(job, table, run_dir)
-    summary.update(experiment=str(storage / name), stopped=int((table["status"] == "stopped").sum()),
-                   errors=int((table["status"] == "error").sum()))
+    values, best = write_results(table, run)
+    write_best(job, values, best, run)
+    summary = {"best": values, "best_cv_weighted_f1": float(best[METRIC]), "trials": len(table),
+               "files": [str(run / n) for n in (TUNE_RESULTS, TUNE_PLOT, TUNE_BEST)],
+               "experiment": str(storage / name), "stopped": int((table["status"] == "stopped").sum()),
+               "errors": int((table["status"] == "error").sum())}
     from mer.store import open_store
 
     open_store(job.store).log_run(f"tune/{name}", job.to_yaml(), {"best": summary["best"],

@@ -223,7 +223,7 @@ def test_submit_follow_succeeds_and_leaves_outputs(head, quickstart, corpus):
     assert "== stage" in done.stdout  # the job's own log lines were streamed
 
     run_dir = Path(job.run_dir)
-    stages = json.loads((run_dir / "stages.json").read_text())
+    stages = json.loads((run_dir / "stages.json").read_text())["stages"]
     assert list(stages) == job.stages
     assert (run_dir / "config.yaml").is_file()
     clean = pd.read_csv(run_dir / "manifest_clean.csv", dtype={"sample_id": str}) if "validate" in job.stages else None
@@ -307,7 +307,7 @@ def test_metrics_endpoint_exposes_mer_metrics(head, quickstart):
         time.sleep(3)
     assert samples, f"no {pattern} at http://127.0.0.1:{head.metrics_port}/metrics"
     # one counter series per encoder actor process; summed per role = rows written
-    stages = json.loads((Path(job.run_dir) / "stages.json").read_text())
+    stages = json.loads((Path(job.run_dir) / "stages.json").read_text())["stages"]
     for role, summary in _roles(stages["extract"]):
         counted = sum(value for line, value in samples if f'role="{role}"' in line)
         assert counted == summary["written"] > 0, (role, samples)

@@ -378,12 +378,13 @@ def test_lora_defaults_to_w_pack_and_merges_into_a_plain_export(folder, tmp_path
     from mer.config import ConfigError
     from mer.finetune import model as ft
     from mer.finetune.launch import worker_config
+    from mer.finetune.stage import finetune_settings
 
     path, _ = folder
     job = text_job(tmp_path, text_manifest, path, {"stage": 3}, lora=True)
     job.encoders["text"].trust_remote_code = True
     assert job.finetune.lora_target_modules is None
-    assert worker_config(job)["lora"]["target_modules"] is None  # resolved per architecture, checked before launch
+    assert worker_config(finetune_settings(job))["lora"]["target_modules"] is None  # resolved per architecture, checked before launch
 
     torch.manual_seed(1)
     backbone = ft.add_lora(ft.load_backbone(str(path), "text"), ft.lora_config(r=4, alpha=8, dropout=0.0))

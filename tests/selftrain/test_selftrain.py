@@ -7,83 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mer.config import job_from_dict
-from mer.selftrain import rounds
-from mer.selftrain.rounds import run_id, run_rounds
+from fake_rounds import CV, LABELS, PLAN, TEST, UNLABELED, _probs, fake_training, job, run_id, run_rounds  # noqa: F401
+from mer.config import SelftrainConfig, job_from_dict
 from mer.store import open_store
-from mer.train.data import ReadPlan
-
-LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
-UNLABELED = [f"u{i}" for i in range(6)]
-TEST = [f"t{i}" for i in range(6)]
-# What each fake model predicts on u0..u5 (and t0..t5).
-PLAN = {
-    "agt": ["happy", "happy", "angry", "neutral", "sad", "happy"],
-    "attention": ["happy", "angry", "angry", "neutral", "sad", "happy"],
-    "unimodal": ["sad", "happy", "angry", "worried", "neutral", "happy"],
-}
-
-# Cross-validated weighted F1 each fake model's checkpoint reports.
-CV = {"agt": 0.9, "attention": 0.6, "unimodal": 0.65}
-
-
-def _probs(model: str, ids: list[str], p: float) -> pd.DataFrame:
-    rows = []
-    for sid, label in zip(ids, PLAN[model]):
-        probs = dict.fromkeys(LABELS, (1 - p) / 5)
-        probs[label] = p
-        rows.append({"sample_id": sid, "label": label, **{f"p_{k}": v for k, v in probs.items()}})
-    return pd.DataFrame(rows)
-
-
-@pytest.fixture
-def fake_training(monkeypatch):
-    """fit/predict stand-ins: confident on u0..u3, unsure on u4..u5; record every fit."""
-    calls = []
-
-    def fit(job, model, seed, out_dir, extra_labels=None, plan=None):
-        calls.append((model, seed, 0 if extra_labels is None else len(extra_labels)))
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({"model": model, "seed": seed, "cv": {"weighted_f1": CV[model]}}))
-        return out
-
-    def predict(checkpoint, store, split, swap=None, reads=None):
-        model = json.loads((Path(checkpoint) / "config.json").read_text())["model"]
-        if split == "test":
-            return _probs(model, TEST, 0.8)
-        table = _probs(model, UNLABELED, 0.95)
-        table.loc[4:, [f"p_{k}" for k in LABELS]] = 1 / 6
-        return table
-
-    monkeypatch.setattr("mer.train.fit.fit", fit)
-    monkeypatch.setattr("mer.train.cache.plan_read", lambda job: ReadPlan(job.store, {}, False, 0.0))
-    monkeypatch.setattr("mer.train.predict.predict", predict)
-    return calls
-
-
-@pytest.fixture
-def job(tmp_path):
-    manifest = tmp_path / "manifest.csv"
-    rows = [{"sample_id": s, "split": "unlabeled", "label": "", "text": "x"} for s in UNLABELED]
-    rows += [{"sample_id": s, "split": "test", "label": l, "text": "x"} for s, l in zip(TEST, PLAN["agt"])]
-    rows += [{"sample_id": "r0", "split": "train", "label": "sad", "text": "x"}]
-    pd.DataFrame(rows).to_csv(manifest, index=False)
-    truth = tmp_path / "truth.csv"
-    pd.DataFrame({"sample_id": UNLABELED, "label": ["sad", "happy", "angry", "worried", "sad", "happy"]}).to_csv(truth, index=False)
-    return job_from_dict(
-        {
-            "name": "st",
-            "manifest": str(manifest),
-            "store": str(tmp_path / "store"),
-            "run_dir": str(tmp_path / "run"),
-            "truth": str(truth),
-            "encoders": {"text": {"alias": "minilm"}},
-            "train": {"seeds": [0, 1]},
-            "selftrain": {"rounds": 2, "threshold": 0.9, "voting": "prior", "min_new": 1, "test_threshold": 0.0},
-        }
-    )
-
+from mer.train.stage import fit_settings
+from mer.voting import final_vote
 
 def test_pseudo_label_table_and_idempotent_rerun(job, fake_training):
     summary = run_rounds(job, echo=lambda _: None)
@@ -150,15 +78,19 @@ def _as_dict(job):
 
 
 def test_prior_voting_needs_an_audio_unimodal_model(job):
-    bad = job_from_dict({**_as_dict(job), "train": {**_as_dict(job)["train"], "unimodal_role": "text"}})
+    from mer.runner import check_job
+
+    bad = job_from_dict({**_as_dict(job), "stages": ["selftrain"],
+                         "encoders": {"audio": {"alias": "logmel"}, "text": {"alias": "minilm"}},
+                         "train": {**_as_dict(job)["train"], "unimodal_role": "text"}})
     with pytest.raises(Exception, match="unimodal_role is 'text'"):
-        run_rounds(bad)
+        check_job(bad)
 
 
 def test_vote_test_fills_every_sample():
     tables = {m: _probs(m, TEST, 0.5) for m in PLAN}
     job = job_from_dict({"name": "x", "manifest": "m.csv", "selftrain": {"test_threshold": 0.9}})
-    out = rounds.vote_test(job, tables)
+    out = final_vote(tables, LABELS, job.selftrain)
     # nobody confident at 0.9: the soft arg-max labels everything
     assert out["label"].notna().all() and len(out) == len(TEST)
     assert np.allclose(out[[f"p_{k}" for k in LABELS]].sum(axis=1), 1.0)
@@ -167,10 +99,10 @@ def test_vote_test_fills_every_sample():
 def test_test_vote_uses_the_pseudo_label_threshold_by_default():
     """Unsure audio guesses (p 0.8 < tau 0.9) do not override on test unless test_threshold is 0."""
     tables = {m: _probs(m, TEST, 0.8) for m in PLAN}
-    default = job_from_dict({"name": "x", "manifest": "m.csv", "selftrain": {"threshold": 0.9}})
-    assert rounds.vote_test(default, tables)["label"].iloc[0] == "happy"  # soft arg-max: agt + attention
-    every = job_from_dict({"name": "x", "manifest": "m.csv", "selftrain": {"threshold": 0.9, "test_threshold": 0.0}})
-    assert rounds.vote_test(every, tables)["label"].iloc[0] == "sad"  # the audio model's prior class
+    default = SelftrainConfig(threshold=0.9)
+    assert final_vote(tables, LABELS, default)["label"].iloc[0] == "happy"  # soft arg-max: agt + attention
+    every = SelftrainConfig(threshold=0.9, test_threshold=0.0)
+    assert final_vote(tables, LABELS, every)["label"].iloc[0] == "sad"  # the audio model's prior class
 
 
 @pytest.mark.slow
@@ -217,7 +149,7 @@ def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):
     assert (run_dir / "waf_per_round.png").exists() and (run_dir / "pseudo_labels_per_round.png").exists()
     assert set(summary["rounds"][0]["models_cv"]) == {"agt", "unimodal", "linear"}  # linear votes like any model
     final = summary["final_checkpoints"]  # what mer predict --run loads: the last round's finished fits
-    assert set(final) == {"agt", "unimodal", "linear"} and all((Path(p) / "done.json").exists()
+    assert set(final) == {"agt", "unimodal", "linear"} and all((run_dir / p / "done.json").exists()
                                                              for paths in final.values() for p in paths)
     assert "| linear |" in md  # the linear floor beside the model
 
@@ -225,8 +157,8 @@ def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):
     # byte-identical predictions and pseudo-labels.
     again = job_from_dict({**_as_dict(job), "store": str(tmp_path / "store2"), "run_dir": str(tmp_path / "run2")})
     run_job(again, echo=lambda _: None)
-    for name in ("predictions_test.csv", "predictions_test_supervised.csv", "predictions_unlabeled.csv",
-                 "predictions_test_linear.csv"):
+    for name in ("predictions_test.csv", "predictions_test_agt.csv", "predictions_unlabeled.csv",
+                 "predictions_test_linear.csv", "predictor.json"):
         assert (tmp_path / "run2" / name).read_bytes() == (run_dir / name).read_bytes(), name
     first = open_store(job.store).read_pseudo_labels(summary["run_id"]).sort_values("sample_id")
     second = open_store(again.store).read_pseudo_labels(run_id(again)).sort_values("sample_id")
@@ -243,7 +175,7 @@ def test_ablation_cells_feed_the_report(job, fake_training, monkeypatch):
 
     extracted = []
     monkeypatch.setattr(robustness, "corrupted_features",
-                        lambda j, role, c, echo: extracted.append(f"{role} {c}") or FeatureRef(role, "x", str(c)))
+                        lambda j, role, c, echo: extracted.append(f"{role} {c}") or {role: FeatureRef(role, "x", str(c))})
     job = job_from_dict({**_as_dict(job), "ablation": {"fusion_models": ["attention", "agt"], "thresholds": [0.9, 0.99]},
                          "robustness": {"conditions": ["white@10", "audio:drop"]},
                          "encoders": {"audio": {"alias": "logmel"}, "text": {"alias": "minilm"}}})
@@ -264,7 +196,7 @@ def test_round_0_reuses_the_train_stage_fits(job, fake_training):
     """The train stage and round 0 share the fit cache: agt's seeds are trained once."""
     from mer.train.cache import fit_many
 
-    stage = fit_many(job, [("agt", 0), ("agt", 1)])
+    stage = fit_many(fit_settings(job), [("agt", 0), ("agt", 1)])
     assert all(p.parent == Path(job.run_dir) / "checkpoints" for p in stage.values())
     fake_training.clear()
     run_rounds(job, echo=lambda _: None)
@@ -275,7 +207,7 @@ def test_round_0_reuses_the_train_stage_fits(job, fake_training):
 def test_balanced_variants_score_pseudo_labels_against_their_own_truth(job, fake_training, monkeypatch, tmp_path):
     from mer.experiments import ablation
 
-    monkeypatch.setattr("mer.extract.stage.run", lambda j, echo=print: {})
+    monkeypatch.setattr("mer.extract.stage.run", lambda j, echo=print: open_store(j.store) and {})
     monkeypatch.setattr(ablation, "corruption_cells", lambda j, fits, echo: [])
     other = tmp_path / "balanced_truth.csv"
     pd.DataFrame({"sample_id": UNLABELED, "label": "neutral"}).to_csv(other, index=False)
@@ -290,10 +222,10 @@ def test_balanced_variants_score_pseudo_labels_against_their_own_truth(job, fake
 def test_execution_keys_and_the_stage_s_choice_of_fits_reuse_the_fit_cache(job, fake_training):
     from mer.train.cache import fit_cached
 
-    first = fit_cached(job, "agt", 0)
+    first = fit_cached(fit_settings(job), "agt", 0)
     other = job_from_dict({**_as_dict(job), "execution": {"concurrent_fits": 1, "checkpoint_every_s": 0,
                                                           "num_workers": 2, "memory_budget_gb": 0.5},
                            "train": {**_as_dict(job)["train"], "model": "attention", "seeds": [5], "baseline": None}})
-    assert fit_cached(other, "agt", 0) == first and len(fake_training) == 1
+    assert fit_cached(fit_settings(other), "agt", 0) == first and len(fake_training) == 1
     changed = job_from_dict({**_as_dict(job), "train": {**_as_dict(job)["train"], "lr": 0.5}})
-    assert fit_cached(changed, "agt", 0) != first and len(fake_training) == 2
+    assert fit_cached(fit_settings(changed), "agt", 0) != first and len(fake_training) == 2

@@ -101,11 +101,11 @@ def test_text_is_ambiguous_on_part_of_emotional_samples():
 
     plan = plan_corpus(300, 0, 300, seed=0)
     neutral_starts = {t.split("{")[0] for t in NEUTRAL_TEXT}
-    emotional = [text for spec, _, text in plan if spec.emotion != "neutral"]
+    emotional = [texts["english"] for spec, _, texts in plan if spec.emotion != "neutral"]
     neutral_worded = sum(any(text.startswith(s) for s in neutral_starts) for text in emotional) / len(emotional)
     assert 0.2 < neutral_worded < 0.5
     assert SLOTS  # templates are filled: no braces left
-    assert not any("{" in text for _, _, text in plan)
+    assert not any("{" in texts["english"] or "{" in texts["chinese"] for _, _, texts in plan)
 
 
 def test_voice_follows_emotion(tmp_path):

@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 import requests
 
-from mer.config import job_from_dict, load_job
+from mer.config import load_job
 from mer.serve.inputs import RequestError, Upload, inside_root, parse_multipart, saved_upload
-from test_selftrain import fake_training, job  # noqa: F401  (the self-training fakes, reused as fixtures)
+from fake_rounds import fake_training, job, run_rounds  # noqa: F401  (the self-training fakes, reused as fixtures)
 
 LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 PROBS = [f"p_{c}" for c in LABELS]
@@ -45,7 +45,9 @@ def stored(run):
     """The stored pipeline's test predictions (unrounded) and the test rows of the manifest."""
     from mer.train.predict import predict
 
-    checkpoints = json.loads((Path(run.run_dir) / "train.json").read_text())["systems"]["agt"]["checkpoints"]
+    from mer.runfolder import RunFolder
+
+    checkpoints = RunFolder(run.run_dir).systems()["agt"]["checkpoints"]
     preds = predict(checkpoints, None, "test").set_index("sample_id")
     manifest = pd.read_csv(run.manifest, dtype=str, keep_default_na=False)
     test = manifest[manifest["split"] == "test"].set_index("sample_id")
@@ -125,6 +127,29 @@ def test_predict_run_on_mp4_equals_stored_pipeline(run, stored, capsys, tmp_path
 
 
 @pytest.mark.timeout(600)
+def test_a_copied_run_predicts_from_itself_and_names_what_is_missing(run, stored, capsys, tmp_path):
+    """A run folder is self-contained: moved, it predicts identically; without a checkpoint, one line names it."""
+    preds, test, _ = stored
+    first = test.index[0]
+    clip, text = clip_of(run, test, first), test.at[first, "text"]
+    code, original, _ = run_mer(capsys, "predict", "--run", run.run_dir, clip, "--text", text, "--out", "-")
+    assert code == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(run.run_dir, moved)
+    code, again, _ = run_mer(capsys, "predict", "--run", moved, clip, "--text", text, "--out", "-")
+    assert code == 0 and again == original
+    missing = next((moved / "checkpoints").iterdir())
+    shutil.rmtree(missing)
+    code, stdout, stderr = run_mer(capsys, "predict", "--run", moved, clip, "--text", text, "--out", "-")
+    assert code == 2 and stdout == ""
+    assert stderr.splitlines() == [f"error: {moved}: checkpoint of agt {missing} is missing (copy the whole run "
+                                   "folder, or rerun the stage that wrote it)"]
+    (moved / "predictor.json").write_text("{not json")
+    code, _, stderr = run_mer(capsys, "predict", "--run", moved, clip, "--out", "-")
+    assert code == 2 and stderr.startswith(f"error: {moved / 'predictor.json'}: damaged") and len(stderr.splitlines()) == 1
+
+
+@pytest.mark.timeout(600)
 def test_bad_files_are_reported_and_the_rest_predicted(run, stored, capsys, tmp_path):
     _, test, _ = stored
     good = clip_of(run, test, test.index[0])
@@ -182,20 +207,20 @@ def test_changed_encoder_weights_are_a_one_line_error(run, stored, capsys, tmp_p
 
 @pytest.mark.timeout(600)
 def test_self_trained_run_predicts_with_the_final_vote(run, stored, tmp_path):
-    """A run with selftrain.json: its final models are voted as ``vote_test`` votes the test split."""
-    from mer.selftrain.rounds import vote_test
+    """A run whose predictor is a self-training vote: new clips are voted as the run voted its test split."""
+    from mer.config import SelftrainConfig
+    from mer.runfolder import VOTE, FinalPredictor, RunFolder
     from mer.serve.predictor import Predictor
+    from mer.voting import final_vote
 
     preds, test, checkpoints = stored
     trained = load_job(Path(run.run_dir) / "config.yaml")
     selftrain = {**dataclasses.asdict(trained.selftrain), "models": ["agt", "unimodal"], "test_threshold": 0.0}
-    voted_job = job_from_dict({**dataclasses.asdict(trained), "selftrain": selftrain})
-    run_dir = tmp_path / "selftrained"
-    run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(voted_job.to_yaml())
-    # the one AGT fit stands for both voters: the vote must still be vote_test's
-    final = {"agt": checkpoints, "unimodal": checkpoints}
-    (run_dir / "selftrain.json").write_text(json.dumps({"final_checkpoints": final}))
+    run_dir = RunFolder(tmp_path / "selftrained")
+    copied = [shutil.copytree(c, run_dir.checkpoints / Path(c).name) for c in checkpoints]
+    # the one AGT fit stands for both voters: the vote must still be the run's vote
+    run_dir.publish_final(FinalPredictor(VOTE, LABELS, {"agt": copied, "unimodal": copied}, seeds=[0],
+                                         selftrain=selftrain), {})
     ids = list(test.index[:3])
     rows = [{"sample_id": s, "video": clip_of(run, test, s), "text": test.at[s, "text"]} for s in ids]
 
@@ -203,28 +228,34 @@ def test_self_trained_run_predicts_with_the_final_vote(run, stored, tmp_path):
     got = predictor.predict_rows(rows)
     assert predictor.describe()["predictor"] == "self-training vote" and (got["error"] == "").all()
     table = preds.loc[ids].reset_index()
-    expected = vote_test(voted_job, {"agt": table, "unimodal": table}).set_index("sample_id").loc[ids]
+    expected = final_vote({"agt": table, "unimodal": table}, LABELS, SelftrainConfig(**selftrain))
+    expected = expected.set_index("sample_id").loc[ids]
     np.testing.assert_allclose(got[PROBS].to_numpy(float), expected[PROBS].to_numpy(float), atol=TOL)
     assert got["label"].tolist() == expected["label"].tolist()
 
 
 def test_selftrain_records_the_final_rounds_checkpoints(job, fake_training):  # noqa: F811
-    """``final_checkpoints`` in selftrain.json: per model, the fits of the last round run, in seed order."""
-    from mer.selftrain.rounds import run_rounds
+    """``final_checkpoints`` in selftrain.json: per model, the fits of the last round run, in seed order,
+    relative to the run folder (which predictor.json names as the run's predictor)."""
+    from mer.runfolder import RunFolder
 
     summary = run_rounds(job, echo=lambda _: None)
     final = summary["final_checkpoints"]
     assert json.loads((Path(job.run_dir) / "selftrain.json").read_text())["final_checkpoints"] == final
     assert list(final) == job.selftrain.models
+    assert {m: [str(p) for p in paths] for m, paths in RunFolder(job.run_dir).final_predictor().checkpoints.items()} \
+        == {m: [str(Path(job.run_dir) / p) for p in paths] for m, paths in final.items()}
     last = summary["rounds"][-1]
     assert last["round"] > 0 and last["trained_on"] > 0  # the final models trained on pseudo-labels
+    final = {m: [Path(job.run_dir) / p for p in paths] for m, paths in final.items()}
     for model, paths in final.items():
         assert [json.loads((Path(p) / "config.json").read_text())["seed"] for p in paths] == job.train.seeds
         assert [json.loads((Path(p) / "done.json").read_text())["pseudo_labels"] for p in paths] == \
             [last["trained_on"]] * len(paths)
         assert all(Path(p).name.startswith(f"{model}_s") for p in paths)
     fits = len(fake_training)
-    assert run_rounds(job, echo=lambda _: None)["final_checkpoints"] == final and len(fake_training) == fits
+    assert run_rounds(job, echo=lambda _: None)["final_checkpoints"] == summary["final_checkpoints"]
+    assert len(fake_training) == fits
 
 
 def test_server_paths_stay_inside_the_root(tmp_path):

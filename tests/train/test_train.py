@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from sklearn.metrics import accuracy_score, f1_score
 
 from mer.config import job_from_dict
+from mer.train.stage import fit_settings
 from synthetic import write_synthetic_features
 
 LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
@@ -54,9 +55,7 @@ def trained(stage_summary):
 
 
 def truth(root, split="test"):
-    from mer.train.data import load_features
-
-    data = load_features(make_job(root), split, streaming=False)
+    data = fit_settings(make_job(root)).load(split, streaming=False)
     return pd.DataFrame({"sample_id": data.ids, "label": data.label})
 
 
@@ -109,9 +108,9 @@ def test_a_worker_no_node_can_hold_is_an_error_not_a_wait(root):
     assert worker_resources(scaling(job.execution)) == {"CPU": 1, "trainer": 1}
     with pytest.raises(MerError, match=r"^1 Ray Train worker\(s\) needing CPU: 1, trainer: 1 each cannot be placed: "
                                        r"the live nodes hold 0 \(nodes have: CPU: 2, GPU: 2"):
-        fit(job, "agt", 0, root / "ckpt_unplaceable")
+        fit(fit_settings(job), "agt", 0, root / "ckpt_unplaceable")
     with pytest.raises(MerError, match="3 Ray Train worker.* needing GPU: 1 each .* hold 2 .*execution.num_workers"):
-        fit(make_job(root, run="run_unplaceable", execution={"use_gpu": True, "num_workers": 3}),
+        fit(fit_settings(make_job(root, run="run_unplaceable", execution={"use_gpu": True, "num_workers": 3})),
             "agt", 0, root / "ckpt_unplaceable")
     assert not (root / "run_unplaceable").exists() and not (root / "ckpt_unplaceable").exists()
 
@@ -123,8 +122,8 @@ def test_resume_after_injected_worker_failure_matches_clean_run(root, trained):
 
     from mer.train.fit import fit
 
-    resumed = fit(make_job(root, run="run_fail", execution={"checkpoint_every_s": 0}), "agt", 0, root / "ckpt_fail",
-                  worker_loop=dying_train_loop)
+    resumed = fit(fit_settings(make_job(root, run="run_fail", execution={"checkpoint_every_s": 0})), "agt", 0,
+                  root / "ckpt_fail", worker_loop=dying_train_loop)
     config = json.loads((resumed / "config.json").read_text())
     assert config["resumed_at"][0] and 1 <= config["resumed_at"][0][0] <= 3
     assert [h["epoch"] for h in config["history"][0]] == list(range(8))
@@ -134,19 +133,19 @@ def test_resume_after_injected_worker_failure_matches_clean_run(root, trained):
 
 @pytest.mark.timeout(900)
 def test_streaming_and_numpy_paths_same_batches_and_model(root, trained):
-    from mer.train.data import load_features
     from mer.train.fit import fit
 
-    job = make_job(root, run="run_stream")
-    numpy_data, stream_data = load_features(job, streaming=False), load_features(job, streaming=True)
+    settings = fit_settings(make_job(root, run="run_stream"))
+    numpy_data, stream_data = settings.load(streaming=False), settings.load(streaming=True)
     index = np.arange(0, len(numpy_data), 7)
     a, b = numpy_data.batch(index), stream_data.batch(index)
     for role in a:
         for key in a[role]:
             assert torch.equal(a[role][key], b[role][key]), (role, key)
-    streamed = fit(job, "agt", 0, root / "ckpt_stream", streaming=True)
+    streamed = fit(settings, "agt", 0, root / "ckpt_stream", streaming=True)
     configs = [json.loads((c / "config.json").read_text()) for c in (trained, streamed)]
-    assert configs[1]["read"]["streaming"] is True and configs[0]["read"]["streaming"] is False
+    assert configs[1]["read"]["streaming"] is True and configs[0]["read"]["streaming"] is None  # forced / by size
+    assert configs[1]["read_path"] == ["streaming"] and configs[0]["read_path"] == ["numpy"]
     assert [h["val_f1"] for h in configs[0]["history"][0]] == [h["val_f1"] for h in configs[1]["history"][0]]
     assert digest(streamed / "model.safetensors") == digest(trained / "model.safetensors")
 
@@ -196,7 +195,7 @@ def test_train_stage_outputs_and_evaluate_stage(root, stage_summary, trained):
     cv = record["systems"]["agt"]["cv"]
     assert metrics["cv_train"] == cv and cv["model"] == "agt" and cv["scheme"] == "holdout"
     assert cv["per_seed"] == [json.loads((trained / "config.json").read_text())["cv"]["weighted_f1"]]
-    linear_ckpt = Path(record["systems"]["linear"]["checkpoints"][0])
+    linear_ckpt = root / "run" / record["systems"]["linear"]["checkpoints"][0]
     assert json.loads((linear_ckpt / "config.json").read_text())["model"] == "linear"
     t = truth(root).merge(pd.read_csv(root / "run" / "predictions_test_linear.csv"), on="sample_id",
                           suffixes=("_true", "_pred"))
@@ -211,13 +210,12 @@ def test_train_stage_outputs_and_evaluate_stage(root, stage_summary, trained):
 
 
 def test_pseudo_labels_join_training_never_validation(root):
-    from mer.train.data import load_features
     from mer.train.learner import choose_rows, targets_of
 
     job = make_job(root, val_fraction=0.2)
-    data = load_features(job, streaming=False)
+    data = fit_settings(job).load(streaming=False)
     unl = data.ids[data.split == "unlabeled"][:10]
-    extra = {sid: "happy" for sid in unl}
+    extra = pd.DataFrame({"sample_id": unl, "label": "happy"})
     targets = targets_of(data, LABELS, extra)
     rows = choose_rows(data, targets, job.train, 0, None, extra)
     in_train = set(data.ids[rows.train])
@@ -239,7 +237,7 @@ def test_linear_out_of_fold_score_covers_exactly_the_labeled_train_rows(root):
     data_train = truth(root, "train")
     unl = truth(root, "unlabeled")["sample_id"][:20]
     pseudo = pd.DataFrame({"sample_id": unl, "label": "happy"})
-    ckpt = fit_cached(job, "linear", 0, extra=pseudo)
+    ckpt = fit_cached(fit_settings(job), "linear", 0, extra=pseudo)
     config = json.loads((ckpt / "config.json").read_text())
     oof = pd.read_csv(ckpt / "oof_train.csv", dtype={"sample_id": str})
     assert sorted(oof["sample_id"]) == sorted(data_train["sample_id"]) and oof["sample_id"].is_unique

@@ -124,12 +124,13 @@ def test_corrupted_features_get_their_own_encoder_version(tmp_path, decoded):
 
 
 def test_recipe_keys_left_at_their_defaults_do_not_change_fit_identity(tmp_path):
-    from mer.train.cache import fingerprint
+    from mer.train.key import fingerprint
+    from mer.train.stage import fit_settings
 
     base = {"name": "x", "manifest": "m.csv", "encoders": {"audio": {"alias": "logmel"}}}
-    plain = fingerprint(job_from_dict(base))
+    plain = fingerprint(fit_settings(job_from_dict(base)))
     assert "audio_gate" not in plain["train"] and "corrupt" not in plain["encoders"]["audio"]
-    gated = fingerprint(job_from_dict({**base, "train": {"audio_gate": True}}))
+    gated = fingerprint(fit_settings(job_from_dict({**base, "train": {"audio_gate": True}})))
     assert gated != plain
     with pytest.raises(ConfigError, match="robustness.conditions"):
         job_from_dict({**base, "ablation": {"snr_db": [10]}})

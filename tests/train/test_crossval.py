@@ -1,12 +1,13 @@
 """Cross-validation on the labeled train split, in process (no Ray): rows, scores, selection."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mer.config import TrainConfig, job_from_dict
 from mer.train.crossval import cross_validate
-from mer.train.data import load_features
 from mer.train.learner import Learner, choose_rows, targets_of
+from mer.train.stage import fit_settings
 from synthetic import write_synthetic_features
 
 LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
@@ -21,14 +22,14 @@ def data(tmp_path_factory):
     })
     write_synthetic_features(job, {"train": 150, "test": 40, "unlabeled": 40}, seed=1, noise=2.5,
                              missing_fraction=0.1)
-    return load_features(job, streaming=False)
+    return fit_settings(job).load(streaming=False)
 
 
 def test_folds_validate_only_labeled_train_rows_and_pseudo_labels_only_train(data):
     cfg = TrainConfig(folds=5)
     unlabeled = data.ids[data.split == "unlabeled"][:15]
     test_ids = data.ids[data.split == "test"][:5]
-    extra = {**dict.fromkeys(unlabeled, "happy"), **dict.fromkeys(test_ids, "sad")}
+    extra = pd.DataFrame({"sample_id": [*unlabeled, *test_ids], "label": ["happy"] * 15 + ["sad"] * 5})
     targets = targets_of(data, LABELS, extra)
     labeled = set(np.flatnonzero((data.split == "train")))
     seen_val = []
@@ -95,13 +96,14 @@ def test_a_ray_train_controller_error_is_retried_under_the_same_run_name(monkeyp
                 raise ray.train.ControllerError(RuntimeError("placement group was removed"))
             return "result"
 
-    monkeypatch.setattr(fit_module, "_trainer", lambda job, cfg, storage, name, loop: Trainer(name))
-    job = job_from_dict({"name": "r", "manifest": "m.csv", "execution": {"max_failures": 1}})
-    assert fit_module.train_one(job, {}, tmp_path, "agt_s0_abc") == "result" and calls == ["agt_s0_abc"] * 2
+    from mer.config import ExecutionConfig
+
+    monkeypatch.setattr(fit_module, "_trainer", lambda execution, cfg, storage, name, loop: Trainer(name))
+    once = ExecutionConfig(max_failures=1)
+    assert fit_module.train_one(once, {}, tmp_path, "agt_s0_abc") == "result" and calls == ["agt_s0_abc"] * 2
     calls.clear()
-    never = job_from_dict({"name": "r", "manifest": "m.csv", "execution": {"max_failures": 0}})
     with pytest.raises(ray.train.ControllerError):
-        fit_module.train_one(never, {}, tmp_path, "agt_s0_abc")
+        fit_module.train_one(ExecutionConfig(max_failures=0), {}, tmp_path, "agt_s0_abc")
 
 
 def test_robust_cv_scores_each_fold_clean_and_without_audio(data):
