@@ -119,15 +119,15 @@ def bare_loop(spec, rows: pd.DataFrame) -> float:
     return time.perf_counter() - start
 
 
-def mertools_loop(spec, rows: pd.DataFrame, out: Path) -> tuple[float, float]:
-    """MERTools' shape: per file decode, forward one sample, np.save one .npy.
+def mertools_loop(spec, rows: pd.DataFrame, out: Path, device: str = "cpu") -> tuple[float, float]:
+    """MERTools' shape: per file decode, forward one sample, np.save one .npy (on ``device``).
 
     Returns (total seconds, seconds spent decoding): decoding is the only part
     a pipeline can hide behind the model when both compete for the same cores.
     """
     from mer.encoders import build_encoder
 
-    enc = build_encoder(spec)
+    enc = build_encoder(spec, device)
     enc.ensure_loaded()  # MERTools loads the model before its loop too
     out.mkdir(parents=True, exist_ok=True)
     decode = 0.0

@@ -55,7 +55,7 @@ def write_text_manifest(out: Path, seed: int, style: str) -> Path:
 
 def test_scores(job, ckpt: Path) -> dict:
     """Weighted F1 and the F1 of worried and sad of a checkpoint on the test split."""
-    from mer.report.metrics import evaluate
+    from mer.metrics import evaluate
     from mer.train.predict import predict
 
     truth = pd.read_csv(job.manifest, keep_default_na=False)

@@ -27,20 +27,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from mer.config import load_job
-    from mer.report.metrics import evaluate
-    from mer.report.stage import test_labels
-    from mer.train.data import plan_read
+    from mer.metrics import evaluate
+    from mer.corpus.labels import split_labels
+    from mer.train.stage import fit_settings
     from mer.train.fit import fit
     from mer.train.predict import predict
 
     job = load_job(args.job, args.overrides)
-    plan = plan_read(job)
-    truth, _ = test_labels(job)
+    settings = fit_settings(job)
+    plan = settings.plan()
+    truth, _ = split_labels(job.manifest, job.store, job.streams(), "test")
     results = {}
     for model in args.models.split(","):
         scores = []
         for seed in job.train.seeds:
-            ckpt = fit(job, model, seed, Path(job.run_dir) / "fusion" / f"{model}_seed{seed}", plan=plan)
+            ckpt = fit(settings, model, seed, Path(job.run_dir) / "fusion" / f"{model}_seed{seed}", plan=plan)
             scores.append(evaluate(predict(ckpt, job.store, "test"), truth, job.labels))
         results[model] = {k: [s[k] for s in scores] for k in ("weighted_f1", "accuracy")}
     out = Path(job.run_dir) / "fusion.json"

@@ -84,7 +84,8 @@ def linear_selftrain(data, labels, cfg, seed: int, rounds: int = 2, tau: float =
     unl = np.flatnonzero(data.split == "unlabeled")
     extra: dict[str, str] = {}
     for _ in range(rounds + 1):
-        probs = fit_predict(data, labels, cfg, "linear", seed, extra or None)
+        table = pd.DataFrame({"sample_id": list(extra), "label": list(extra.values())}) if extra else None
+        probs = fit_predict(data, labels, cfg, "linear", seed, table)
         new = [i for i in unl if probs[i].max() > tau and data.ids[i] not in extra]
         extra.update({data.ids[i]: labels[int(probs[i].argmax())] for i in new})
     return probs
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
     import torch
 
     from mer.config import load_job
-    from mer.train.data import load_features
+    from mer.train.stage import fit_settings
 
     torch.set_num_threads(2)
     work = Path(args.work)
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     for name in args.corpora:
         overrides = prepare(name, work)
         job = load_job(ROOT / "jobs" / "quickstart.yaml", overrides + args.sets)
-        data = load_features(job, streaming=False)
+        data = fit_settings(job).load(streaming=False)
         labels = job.labels
         test = np.flatnonzero(data.split == "test")
         truth = np.array([labels.index(x) for x in data.label[test]])

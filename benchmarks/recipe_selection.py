@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     from mer.config import load_job
     from mer.train.crossval import cross_validate
-    from mer.train.data import load_features
+    from mer.train.stage import fit_settings
 
     torch.set_num_threads(2)
     work = Path(args.work)
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     scores: dict[tuple[str, str], dict[str, float]] = {}
     for corpus in args.corpora:
         job = load_job(ROOT / "jobs" / "quickstart.yaml", prepare(corpus, work))
-        data = load_features(job, "train", streaming=False)
+        data = fit_settings(job).load("train", streaming=False)
         for model in args.models.split(","):
             for name in (names if model != "linear" else ["defaults"]):
                 cfg = dataclasses.replace(job.train, **CANDIDATES[name])

@@ -50,7 +50,7 @@ def select(corpora: list[str], work: Path, folds: int, seed: int) -> tuple[str, 
 
     from mer.config import load_job
     from mer.train.crossval import robust_cross_validate
-    from mer.train.data import load_features
+    from mer.train.stage import fit_settings
 
     torch.set_num_threads(2)
     scores: dict[str, dict[str, list[float]]] = {}
@@ -58,7 +58,7 @@ def select(corpora: list[str], work: Path, folds: int, seed: int) -> tuple[str, 
         overrides = prepare(corpus, work)
         mer("run", "jobs/quickstart.yaml", "stages=[extract]", f"train.audio_augment={AUGMENT}", *overrides)
         job = load_job(ROOT / "jobs" / "quickstart.yaml", [*overrides, f"train.audio_augment={AUGMENT}"])
-        data = load_features(job, "train", streaming=False)
+        data = fit_settings(job).load("train", streaming=False)
         for name, values in CANDIDATES.items():
             cv = robust_cross_validate(data, job.labels, dataclasses.replace(job.train, **values), "agt", seed, folds)
             for k, v in cv.items():

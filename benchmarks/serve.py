@@ -41,7 +41,7 @@ from mer.runner import ensure_ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tiny_run import train_tiny_run  # noqa: E402
-from mer.serve.final import ENSEMBLE, final_predictor
+from mer.runfolder import ENSEMBLE, RunFolder
 
 LEVELS = (1, 4, 16)
 MER = [sys.executable, "-c", "from mer.cli import main; main()"]
@@ -131,7 +131,7 @@ def predict_part(run_dir: Path, manifest: Path, root: Path) -> None:
     data = {**dataclasses.asdict(job), "name": "bench_store", "manifest": str(manifest),
             "store": str(root / "new_store"), "run_dir": str(root / "new_run"), "stages": ["validate", "extract"]}
     run_job_file.write_text(job_from_dict(data).to_yaml())
-    final = final_predictor(run_dir)
+    final = RunFolder(run_dir).final_predictor()
     checkpoints = [str(c) for paths in final.checkpoints.values() for c in paths]
     direct = timed([*MER, "predict", "--run", str(run_dir), "--manifest", str(manifest),
                     "--out", str(root / "direct.csv")])

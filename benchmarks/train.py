@@ -28,7 +28,7 @@ from torch import nn
 
 from mer.config import job_from_dict
 from mer.models import build_model
-from mer.train.data import load_features
+from mer.train.stage import fit_settings
 from mer.train.learner import choose_rows, epoch_order, targets_of, train_epoch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from synthetic import write_synthetic_features  # noqa: E402
@@ -60,7 +60,7 @@ def epoch_times(job, sources: dict, epochs: int) -> dict[str, list[float]]:
     Every source trains its own copy of the same model (same seed, same batch
     order); running their epochs in turn exposes them to the same machine load.
     """
-    labeled = load_features(job, streaming=False)
+    labeled = fit_settings(job).load(streaming=False)
     targets = targets_of(labeled, job.labels, None)
     rows = choose_rows(labeled, targets, job.train, 0, None, None)
     runs = {}
@@ -81,10 +81,10 @@ def epoch_times(job, sources: dict, epochs: int) -> dict[str, list[float]]:
 
 def bench_read(job, epochs: int) -> dict:
     start = time.perf_counter()
-    numpy_data = load_features(job, streaming=False)
+    numpy_data = fit_settings(job).load(streaming=False)
     read_s = time.perf_counter() - start
     start = time.perf_counter()
-    stream_data = load_features(job, streaming=True)
+    stream_data = fit_settings(job).load(streaming=True)
     stream_index_s = time.perf_counter() - start
     times = epoch_times(job, {"memory": InMemory(numpy_data), "numpy": numpy_data, "stream": stream_data}, epochs)
     mem = statistics.median(times["memory"])
@@ -110,7 +110,7 @@ def bench_workers(root: Path, epochs: int) -> dict:
     for workers in (1, 2):
         job = make_job(root, run=f"run_w{workers}", epochs=epochs, num_workers=workers)
         start = time.perf_counter()
-        ckpt = fit(job, "agt", 0, root / f"ckpt_w{workers}")
+        ckpt = fit(fit_settings(job), "agt", 0, root / f"ckpt_w{workers}")
         wall = time.perf_counter() - start
         history = json.loads((ckpt / "config.json").read_text())["history"][0]
         out[workers] = {

@@ -321,24 +321,78 @@ def query_index(encoder, force, store) -> None:
 
 
 @query.command("export")
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path())
 @click.option("--encoder", required=True, help=_encoder_help)
 @click.option("--split", default=None, help="Only this split.")
-@click.option("--with-seq", is_flag=True, help="Also export the seq column.")
+@click.option("--with-seq", is_flag=True, help="Parquet: also export the seq column.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "npy"]), default="parquet", show_default=True,
+              help="npy: MERTools' layout, one OUT/<sample_id>.npy per row.")
+@click.option("--frames", is_flag=True, help="npy: write each row's seq as (T, D) frames instead of its (D,) vector.")
 @_store_option
-def query_export(out, encoder, split, with_seq, store) -> None:
-    """Write one encoder's table to Parquet (for pandas, duckdb, polars).
+def query_export(out, encoder, split, with_seq, fmt, frames, store) -> None:
+    """Write one encoder's table to Parquet (pandas, duckdb, polars) or to MERTools' .npy layout.
 
     \b
     Example:
       mer query export --encoder minilm features.parquet
+      mer query export --encoder hf_audio --format npy mertools/chinese-hubert-large-UTT
     """
     from mer.store import open_store
+
+    db = open_store(store, create=False)
+    if fmt == "npy":
+        from mer.store.npy import export_folder
+
+        click.echo(f"wrote {export_folder(db, encoder, out, frames=frames, split=split)} .npy files to {out}")
+        click.echo(f"next: mer store import {out} --name <name> --role <role> --manifest <manifest.csv>")
+        return
     from mer.store.query import export
 
-    rows = export(open_store(store, create=False), encoder, out, with_seq=with_seq, split=split)
+    _writable_file(out)
+    rows = export(db, encoder, out, with_seq=with_seq, split=split)
     click.echo(f"wrote {rows} rows to {out}")
     click.echo(f"next: duckdb -c \"SELECT split, label, count(*) FROM '{out}' GROUP BY ALL\"")
+
+
+@cli.group("store")
+def store_group() -> None:
+    """Bring features made elsewhere into the store."""
+
+
+@store_group.command("import")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--name", required=True, help="The feature set's name, e.g. chinese-hubert-large (the table's alias).")
+@click.option("--role", required=True, type=click.Choice(["audio", "video", "text"]), help="The modality they describe.")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False),
+              help="The corpus' manifest: the split and label of every sample.")
+@click.option("--seq-len", default=16, show_default=True, type=click.IntRange(min=0),
+              help="Frame-level (T, D) files keep this many segment means as seq (0 = none).")
+@_store_option
+def store_import(folder, name, role, manifest, seq_len, store) -> None:
+    """Import a MERTools feature folder (one <name>.npy per clip: (D,) or (T, D)) as a table.
+
+    The table's version hashes the folder's content: a rerun adds nothing, a
+    changed file makes a new version. A file missing from the manifest, not a
+    numpy array or of another width is reported and skipped.
+
+    \b
+    Example:
+      mer store import features/chinese-hubert-large-UTT --name chinese-hubert-large --role audio \\
+          --manifest mer2025/manifest.csv
+    """
+    from mer.corpus.manifest import read_manifest
+    from mer.store import open_store
+    from mer.store.npy import import_folder
+
+    rows = read_manifest(manifest).drop_duplicates("sample_id")
+    summary = import_folder(open_store(store), name, folder, rows, seq_len=seq_len)
+    click.echo(f"{summary.table}: {summary.files} files, {summary.written} rows written, {summary.skipped} already "
+               f"stored, {len(summary.problems)} refused (dim {summary.dim or '-'})")
+    for problem in summary.problems[:10]:
+        click.echo(f"refused {problem}", err=True)
+    if len(summary.problems) > 10:
+        click.echo(f"refused {len(summary.problems) - 10} more", err=True)
+    click.echo(f"next: name it in a job: encoders.{role}: {{alias: imported, model: {summary.reference}}}")
 
 
 @cli.command("predict")

@@ -7,30 +7,15 @@ before any work.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from mer_cli import run_mer
 
 LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 
-
-def run_mer(capsys, *args) -> tuple[int, str, str]:
-    """``mer ARGS`` in this process: exit code, stdout, stderr."""
-    from mer.cli import main
-
-    argv, sys.argv = sys.argv, ["mer", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _store(tmp: Path) -> Path:

@@ -1,5 +1,7 @@
 """Job YAML parsing, overrides and their one-line errors."""
 
+from pathlib import Path
+
 import pytest
 
 from mer.config import ConfigError, EncoderSpec, job_from_dict, load_job, parse_overrides
@@ -100,3 +102,12 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
     assert job.finetune.lr == 5e-5
     with pytest.raises(ConfigError, match="finetune.lr: expected float"):
         job_from_dict({"name": "x", "manifest": "m.csv", "finetune": {"lr": "fast"}})
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_job_file_loads_and_passes_the_checks(path):
+    """What mer run / mer submit check before any work: every key, every registry name."""
+    from mer.config import load_job
+    from mer.runner import check_job
+
+    check_job(load_job(path))

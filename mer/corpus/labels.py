@@ -65,6 +65,29 @@ def split_truth(manifest: str | os.PathLike, split: str = "test") -> pd.DataFram
     return None if df.empty else df[["sample_id", "label"]].astype(str).reset_index(drop=True)
 
 
+def split_labels(manifest: str, store: str, streams: dict, split: str = "test") -> tuple[pd.DataFrame | None, str]:
+    """``sample_id,label`` of a split's labeled rows and where they came from: the manifest, else the store.
+
+    A job whose features were written straight into the store (imported, or
+    synthetic) may have no manifest file; its tables carry the labels.
+    Returns ``(None, "")`` when the split has no label anywhere.
+    """
+    if Path(manifest).is_file():
+        truth = split_truth(manifest, split)
+        return (truth, str(manifest)) if truth is not None else (None, "")
+    from mer.encoders import feature_ref
+    from mer.store import StoreError, open_store
+
+    stream, spec = sorted(streams.items())[0]
+    ref = feature_ref(stream, spec)
+    try:
+        features = open_store(store, create=False).read(ref.alias, ref.version, split=split)
+    except StoreError:
+        return None, ""
+    frame = pd.DataFrame({"sample_id": features.ids.astype(str), "label": features.label}).dropna(subset=["label"])
+    return (frame.reset_index(drop=True), f"store {store} ({stream})") if len(frame) else (None, "")
+
+
 def hidden_truth(path: str | None) -> pd.DataFrame | None:
     """Hidden labels of the unlabeled split (``job.truth``), for reporting pseudo-label accuracy only."""
     return None if not path else read_labels(path, "truth")

@@ -154,7 +154,7 @@ def import_release(layout_name: str, root: str | os.PathLike, out: str | os.Path
     if layout.other_videos:
         others = _relative(_video_index(root / layout.other_videos), root / layout.other_videos, out.parent)
         videos = pd.concat([videos, others[~others.index.isin(videos.index)]])
-    audio = pd.Series(dtype=str)
+    audio = pd.Series(dtype=object)
     if layout.audio:
         audio_dir = _require(root / layout.audio, "the release's audio folder")
         with os.scandir(audio_dir) as entries:
@@ -173,7 +173,7 @@ def import_release(layout_name: str, root: str | os.PathLike, out: str | os.Path
         chunk = pd.DataFrame({
             "sample_id": names.to_numpy(),
             "video": names.map(videos).fillna(missing_video + "/" + names + ".mp4").to_numpy(),
-            "audio": names.map(audio).fillna("").to_numpy(),
+            "audio": names.map(audio).astype(object).fillna("").to_numpy(),
             "text": texts.to_numpy(), "label": label.to_numpy(), "split": split.to_numpy(),
             "candidate": names.isin(chosen).map({True: "1", False: ""}).to_numpy(),
         })

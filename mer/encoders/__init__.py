@@ -1,5 +1,6 @@
 """Encoders by alias: ``hf_audio``, ``hf_clip``, ``hf_text`` (Hugging Face models, hub name
-or local folder) and the light CPU ones ``logmel``, ``frames``, ``minilm``.
+or local folder), the light CPU ones ``logmel``, ``frames``, ``minilm`` and
+``egemaps``, and ``imported`` (a feature table ``mer store import`` wrote).
 
 A job picks encoders purely by config (``encoders: {audio: {alias: hf_audio, model: ...}}``).
 An alias of the form ``package.module:ClassName`` loads an ``Encoder`` subclass
@@ -15,18 +16,21 @@ from dataclasses import dataclass
 
 from mer.config import EncoderSpec
 from mer.encoders.base import Encoder, segment_means, weights_fingerprint
+from mer.encoders.egemaps import EGeMAPSEncoder
 from mer.encoders.fold_average import FoldAverage, averaged_folds
 from mer.encoders.frames import FramesEncoder
 from mer.encoders.hf_audio import HFAudioEncoder
 from mer.encoders.hf_clip import HFClipEncoder
 from mer.encoders.hf_text import HFTextEncoder
+from mer.encoders.imported import ImportedFeatures
 from mer.encoders.logmel import LogMelEncoder
 from mer.encoders.minilm import MiniLMEncoder
 from mer.errors import MerError
 
 KNOWN_ENCODERS: dict[str, type[Encoder]] = {
     cls.alias: cls
-    for cls in (HFAudioEncoder, HFClipEncoder, HFTextEncoder, LogMelEncoder, FramesEncoder, MiniLMEncoder)
+    for cls in (HFAudioEncoder, HFClipEncoder, HFTextEncoder, LogMelEncoder, FramesEncoder, MiniLMEncoder,
+                ImportedFeatures, EGeMAPSEncoder)
 }
 
 
@@ -70,6 +74,10 @@ def check_streams(streams: dict[str, EncoderSpec]) -> None:
             raise UnknownEncoderError(f"encoders.{role}: {exc}") from None
         if cls.role and cls.role != role:
             raise ConfigError(f"encoders.{role}: '{spec.alias}' is a {cls.role} encoder")
+        try:
+            feature_ref(stream, spec)  # the version: an imported reference that names nothing fails here
+        except MerError as exc:
+            raise ConfigError(f"encoders.{role}: {exc}") from None
         cls.parse_corruption(spec)
 
 
@@ -115,7 +123,7 @@ class FeatureRef:
 def feature_ref(role: str, spec: EncoderSpec) -> FeatureRef:
     """The :class:`FeatureRef` of ``spec`` for ``role`` (no model load)."""
     cls = encoder_class(spec.alias)
-    return FeatureRef(role, cls.alias, cls.compute_version(spec))
+    return FeatureRef(role, cls.table_alias(spec), cls.compute_version(spec))
 
 
 def augment_spec(spec: EncoderSpec, corruption: str) -> EncoderSpec:

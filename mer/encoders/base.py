@@ -127,6 +127,11 @@ class Encoder:
 
     # --- version ---------------------------------------------------------------
     @classmethod
+    def table_alias(cls, spec: EncoderSpec) -> str:
+        """The alias the store names this encoder's tables by (``features__<alias>__<version8>``)."""
+        return cls.alias
+
+    @classmethod
     def resolve_model(cls, spec: EncoderSpec) -> str | None:
         """The hub name or folder used: ``spec.model`` or the encoder's default."""
         return spec.model or cls.default_model

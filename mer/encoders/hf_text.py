@@ -7,7 +7,10 @@ config, whatever ``trust_remote_code`` says; other hub-code models still need it
 
 Our choices where the paper is silent:
 * mean of ``layers`` hidden states (default last 4, as MERTools sums them),
-  averaged over real tokens (attention mask), transcript cut at ``MAX_TOKENS``;
+  averaged over real tokens (attention mask), transcript cut at ``MAX_TOKENS``
+  or the model's own position limit, whichever is smaller; a Chinese transcript
+  is tokenised by the model's own tokenizer (Baichuan's sentencepiece, a BERT
+  character vocabulary...), nothing in mer assumes spaces between words;
 * ``seq``: ``seq_len`` segment means over the tokens;
 * ``dtype: auto`` = bf16 (fp16 without bf16) on GPU, fp32 on CPU.
 """
@@ -31,6 +34,7 @@ class HFTextEncoder(Encoder):
         super().__init__(spec, device)
         self.layers = list(spec.layers)
         self.model = self.tokenizer = None
+        self.max_tokens = MAX_TOKENS
 
     def _remote_code(self) -> bool:
         from mer.encoders.baichuan import remote_code
@@ -68,12 +72,15 @@ class HFTextEncoder(Encoder):
             self.model_name, trust_remote_code=remote, dtype=torch_dtype(self.spec.dtype, self.device)
         )
         self.model.to(self.device).eval()
+        # A transcript is cut to what the model can attend over (a small encoder's position table, or MAX_TOKENS).
+        limits = [MAX_TOKENS, getattr(config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+        self.max_tokens = min(int(v) for v in limits if isinstance(v, int) and v > 0)
 
     def token_states(self, texts: list[str]):
         """(B, T, D) float32 mean of the chosen layers, and the (B, T) attention mask."""
         import torch
 
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         with torch.inference_mode():
             out = self.model(**enc, output_hidden_states=True)

@@ -80,6 +80,9 @@ def read_token() -> str | None:
     except AuthenticationError:
         path = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
         raise ClusterError(f"RAY_AUTH_TOKEN_PATH={path} cannot be read or is empty") from None
+    finally:
+        # Ray caches the token process-wide: leave nothing read from this environment for a later ray.init
+        loader.reset_cache()
 
 
 @contextlib.contextmanager

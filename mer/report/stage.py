@@ -9,31 +9,11 @@ or predicts.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from mer.config import Job
+from mer.corpus.labels import split_labels
 from mer.errors import MerError
 from mer.runfolder import METRICS, TRAIN, RunFolder
-
-
-def test_labels(job: Job) -> tuple[pd.DataFrame | None, str]:
-    """``sample_id,label`` of the test split and where it came from: the manifest, else the store; None when unlabeled."""
-    from mer.corpus.labels import split_truth
-
-    truth = split_truth(job.manifest, "test")
-    if truth is not None:
-        return truth, job.manifest
-    from mer.encoders import feature_ref
-    from mer.store import StoreError, open_store
-
-    stream, spec = sorted(job.streams().items())[0]
-    ref = feature_ref(stream, spec)
-    try:
-        features = open_store(job.store, create=False).read(ref.alias, ref.version, split="test")
-    except StoreError:
-        return None, ""
-    frame = pd.DataFrame({"sample_id": features.ids, "label": features.label}).dropna(subset=["label"])
-    return (frame, f"store {job.store} ({stream})") if len(frame) else (None, "")
 
 
 def evaluate(job: Job, echo=print) -> dict:
@@ -52,7 +32,7 @@ def evaluate(job: Job, echo=print) -> dict:
     systems = (run.read_if_present(TRAIN) or {}).get("systems", {})
     main = systems.get(job.train.model, {})
     extra = {"cv_train": main.get("cv"), "systems": systems, "focus_classes": list(job.selftrain.prior_classes)}
-    truth, source = test_labels(job)
+    truth, source = split_labels(job.manifest, job.store, job.streams(), "test")
     cv = main.get("cv") or {}
     if truth is None:
         run.write(METRICS, {**extra, "weighted_f1": None, "note": "no labeled test split: cross-validated scores only"})

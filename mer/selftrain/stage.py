@@ -8,7 +8,7 @@ Ray gauges so the dashboard / Prometheus shows a run's progress.
 from __future__ import annotations
 
 from mer.config import Job
-from mer.corpus.labels import hidden_truth, split_truth
+from mer.corpus.labels import hidden_truth, split_labels
 from mer.metrics import per_class_f1
 from mer.runfolder import SELFTRAIN, RunFolder
 from mer.selftrain.rounds import Truth, run_rounds
@@ -51,7 +51,8 @@ def check(job: Job) -> None:
 
 def truth_of(job: Job) -> Truth:
     """The labels a job's rounds are scored against (never trained on)."""
-    return Truth(test=split_truth(job.manifest, "test"), hidden=hidden_truth(job.truth), hidden_source=str(job.truth))
+    test, _ = split_labels(job.manifest, job.store, job.streams(), "test")
+    return Truth(test=test, hidden=hidden_truth(job.truth), hidden_source=str(job.truth))
 
 
 def run(job: Job, echo=print) -> dict:

@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
+from ray.util import metrics
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -40,6 +41,7 @@ from mer.serve.predictor import load_predictor, records
 
 logger = logging.getLogger("ray.serve")
 ROUTES = {"/predict": "POST", "/health": "GET", "/model": "GET"}
+LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 
 
 class ServeArgs(BaseModel):
@@ -103,9 +105,22 @@ class MerPredictor:
         self.max_upload = int(args.max_upload_mb * 2**20)
         self.predict_batch.set_max_batch_size(args.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(args.batch_wait_s)
+        # Ray metrics beside Serve's own (a node's /metrics, Prometheus, cluster/grafana/mer.json)
+        self.requests = metrics.Counter("mer_serve_requests_total", "Requests answered, by route and HTTP status",
+                                        tag_keys=("route", "status"))
+        self.latency = metrics.Histogram("mer_serve_latency_ms", "Time to answer a request (ms)",
+                                         boundaries=LATENCY_MS, tag_keys=("route",))
 
     async def __call__(self, request: Request) -> JSONResponse:
         path = request.url.path.removeprefix(request.scope.get("root_path", "")) or "/"
+        start = time.perf_counter()
+        response = await self._answer(request, path)
+        route = path if path in ROUTES else "other"
+        self.requests.inc(tags={"route": route, "status": str(response.status_code)})
+        self.latency.observe((time.perf_counter() - start) * 1000, tags={"route": route})
+        return response
+
+    async def _answer(self, request: Request, path: str) -> JSONResponse:
         try:
             if path not in ROUTES:
                 raise RequestError(404, f"no route {path} (POST /predict, GET /health, GET /model)")

@@ -9,6 +9,7 @@ restarted us, then train epoch by epoch, reporting a checkpoint at most every
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import tempfile
@@ -36,6 +37,35 @@ def quiet_ray_train_worker() -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
+@functools.lru_cache(maxsize=1)
+def _metrics() -> dict:
+    """Ray metrics of the fits, created once per worker process (a node's /metrics, Prometheus and Grafana show them).
+
+    The counter outlives the worker (Prometheus keeps the total); the gauges show a fit while it runs.
+    """
+    from ray.util import metrics
+
+    tags = ("model", "seed", "fold")
+    return {
+        "epochs": metrics.Counter("mer_train_epochs_total", "Epochs trained, over every fit", tag_keys=("model",)),
+        "epoch": metrics.Gauge("mer_train_epoch", "The epoch a fit last finished", tag_keys=tags),
+        "loss": metrics.Gauge("mer_train_loss", "A fit's mean training loss in its last epoch", tag_keys=tags),
+        "val_waf": metrics.Gauge("mer_train_val_waf", "A fit's validation weighted F1 in its last epoch", tag_keys=tags),
+    }
+
+
+def _publish(config: dict, metrics: dict) -> None:
+    """One epoch's figures as Ray metrics (rank 0 only: one fit, one series)."""
+    tags = {"model": config["model"], "seed": str(config["seed"]), "fold": str(config["fold"])}
+    gauges = _metrics()
+    gauges["epochs"].inc(tags={"model": config["model"]})
+    gauges["epoch"].set(metrics["epoch"], tags=tags)
+    for key, name in (("train_loss", "loss"), ("val_f1", "val_waf")):
+        value = metrics.get(key)
+        if value is not None and value == value:  # NaN: no validation rows
+            gauges[name].set(value, tags=tags)
+
+
 def train_loop(config: dict) -> None:
     """Ray Train worker entry point; ``config`` is built by :func:`mer.train.fit.fit`."""
     import ray.train
@@ -61,7 +91,10 @@ def train_loop(config: dict) -> None:
     learner = Learner(config["model"], data, rows, cfg, len(labels), seed, device)
     learner.state["read_path"] = read_path
     if learner.solvable:  # convex (linear): solved once, deterministic; a restart simply solves again
-        _report(learner, {**learner.solve(), "read_seconds": read_seconds}, rank)
+        metrics = {**learner.solve(), "read_seconds": read_seconds}
+        if rank == 0:
+            _publish(config, metrics)
+        _report(learner, metrics, rank)
         return
 
     checkpoint = ray.train.get_checkpoint()
@@ -77,6 +110,8 @@ def train_loop(config: dict) -> None:
     while not learner.done:
         metrics = learner.epoch(net, rank, world)
         metrics["read_seconds"] = read_seconds
+        if rank == 0:
+            _publish(config, metrics)
         if rank == 0 and execution.verbose:
             # to the real stdout: Ray Train's print patch would log the line twice
             print(f"[{config['tag']}] epoch {metrics['epoch'] + 1}/{cfg.epochs} loss {metrics['train_loss']:.4f} "

@@ -46,14 +46,14 @@ def run(job: Job, echo=print) -> dict:
     as the run's predictor: ``predictor.json``, ``predictions_test.csv`` and
     ``predictions_unlabeled.csv``. Self-training's round 0 reuses these fits.
     """
-    from mer.corpus.labels import split_truth
+    from mer.corpus.labels import split_labels
 
     run = RunFolder(job.run_dir)
     fit = fit_settings(job)
     plan = fit.plan()
     systems = [job.train.model] + ([job.train.baseline] if job.train.baseline not in (None, job.train.model) else [])
     fits = fit_many(fit, [(m, seed) for m in systems for seed in job.train.seeds], plan=plan)
-    truth = split_truth(job.manifest, "test")
+    truth, _ = split_labels(job.manifest, job.store, job.streams(), "test")
     record = {"model": job.train.model, "baseline": job.train.baseline, "systems": {}}
     predictions = {}
     for model in systems:
@@ -76,6 +76,7 @@ def run(job: Job, echo=print) -> dict:
                                              seeds=list(job.train.seeds)), predictions)
     return {"model": job.train.model, "checkpoints": [str(c) for c in main],
             "cv_weighted_f1": record["systems"][job.train.model]["cv"]["mean"],
+            "read_path": (read_config(main[0]).get("read_path") or [None])[0],
             **{f"predictions_{s}": str(p) for s, p in paths.items()},
             **{f"n_{s}": len(f) for s, f in predictions.items()}}
 

@@ -193,3 +193,12 @@ def test_stage_run_writes_quarantine_and_clean_manifest(dirty, tmp_path):
     assert summary["modalities"] == {"audio": 6, "video": 6, "text": 7}
     clean = pd.read_csv(summary["clean_manifest"])
     assert len(clean) == 7 and Path(summary["quarantine"]).is_file()
+
+
+def test_a_zero_second_file_is_too_short(monkeypatch):
+    """A duration of 0 is a length, not 'unknown': such a clip is quarantined as too short."""
+    from mer.corpus import validate
+    from mer.corpus.media import MediaInfo
+
+    monkeypatch.setattr(validate, "check_media", lambda path: MediaInfo(duration=0.0, has_audio=True, has_video=True))
+    assert validate._media_check("clip.mp4", True) == (None, "too short (0.000 s)")

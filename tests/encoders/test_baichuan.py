@@ -26,7 +26,7 @@ from mer.encoders.baichuan import (
     register,
     remote_code,
 )
-from test_finetune import (  # noqa: F401 (text_manifest: a fixture, used by name)
+from finetune_helpers import (  # noqa: F401 (text_manifest: a fixture, used by name)
     LABELS,
     WORDS,
     assert_loss_decreases,

@@ -174,7 +174,7 @@ def test_job_files_parse_and_name_the_paper_encoders():
     from mer.encoders import encoder_version
     from mer.extract.stage import roles_of
 
-    root = HERE.parent / "jobs"
+    root = HERE.parents[1] / "jobs"
     demo = load_job(root / "extract.yaml")
     assert roles_of(demo) == ["audio", "video", "text"]
     paper = load_job(root / "extract_paper.yaml")

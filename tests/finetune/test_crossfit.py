@@ -107,7 +107,7 @@ def test_crossfit_average_extracts_other_rows_with_the_mean_of_the_fold_models(
 
     monkeypatch.setattr(cf, "finetune", fake_finetune)
     job = text_job(tmp_path, text_manifest, tiny_llama, {"stage": 2}, folds=2, crossfit_other="average")
-    out = cf.crossfit_dir(job)
+    out = cf.crossfit_dir(finetune_settings(job))
     out.mkdir(parents=True)
     (out / "model.safetensors").write_text("an earlier run's full model")
     summary = finetune_stage(job, echo=lambda line: None)

@@ -197,16 +197,34 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def quickstart(head, corpus, tmp_path_factory):
-    """Run the quickstart job through ``mer submit --follow``; return what it left."""
+    """Run the quickstart job through ``mer submit --follow``; return what it left.
+
+    While it runs, the head's Prometheus endpoint is read every 2 s: the
+    training gauges a fit publishes exist only while its worker lives.
+    """
     out = tmp_path_factory.mktemp("quickstart")
     args = [
         f"manifest={corpus / 'manifest.csv'}", f"truth={corpus / 'unlabeled_truth.csv'}",
         f"store={out / 'store'}", f"run_dir={out / 'run'}", *SMALL,
     ]
-    done = head.mer("submit", QUICKSTART, *args, "--address", head.url, "--follow", timeout=1200)
+    command = [str(BIN / "mer"), "submit", QUICKSTART, *args, "--address", head.url, "--follow"]
+    seen: set[str] = set()
+    with open(out / "stdout", "w") as stdout, open(out / "stderr", "w") as stderr:
+        proc = subprocess.Popen(command, cwd=REPO, env=head.env, stdout=stdout, stderr=stderr, text=True)
+        deadline = time.monotonic() + 1200
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                seen |= {line.split("{")[0] for line, _ in _prometheus_samples(head.metrics_port, r"ray_mer_\w+")}
+            except requests.RequestException:
+                pass
+            time.sleep(2)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    done = subprocess.CompletedProcess(command, proc.returncode, (out / "stdout").read_text(), (out / "stderr").read_text())
     job = load_job(REPO / QUICKSTART, args)
     ids = re.findall(r"submitted (mer-quickstart-[0-9a-f]{8})", done.stdout)
-    return done, job, ids[0] if ids else None
+    return done, job, ids[0] if ids else None, seen
 
 
 def _roles(extract_summary: dict):
@@ -216,7 +234,7 @@ def _roles(extract_summary: dict):
 
 @pytest.mark.timeout(1500)
 def test_submit_follow_succeeds_and_leaves_outputs(head, quickstart, corpus):
-    done, job, job_id = quickstart
+    done, job, job_id, _ = quickstart
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:] + head.diagnose()
     assert job_id, done.stdout
     assert f"{job_id}: SUCCEEDED" in done.stdout
@@ -297,9 +315,11 @@ def _prometheus_samples(port: int, name_pattern: str) -> list[tuple[str, float]]
 @pytest.mark.timeout(1500)
 def test_metrics_endpoint_exposes_mer_metrics(head, quickstart):
     """The node's Prometheus endpoint (``--metrics-export-port``) shows what the stages published."""
-    done, job, _ = quickstart
+    done, job, _, seen = quickstart
     assert done.returncode == 0
-    # A counter outlives the worker that counted; gauges vanish when it exits.
+    # Gauges exist while the worker that set them lives: they were read during the run.
+    assert {"ray_mer_train_epoch", "ray_mer_train_loss", "ray_mer_train_val_waf"} <= seen, sorted(seen)
+    # A counter outlives the worker that counted.
     assert "extract" in job.stages
     pattern = r"ray_mer_extract_samples_total"
     deadline = time.monotonic() + 90  # metrics are pushed to the agent every few seconds
@@ -311,6 +331,13 @@ def test_metrics_endpoint_exposes_mer_metrics(head, quickstart):
     for role, summary in _roles(stages["extract"]):
         counted = sum(value for line, value in samples if f'role="{role}"' in line)
         assert counted == summary["written"] > 0, (role, samples)
+    # every epoch of every fit of the run, per model (linear counts its one solve)
+    epochs: dict[str, int] = {}
+    for config in (Path(job.run_dir) / "checkpoints").glob("*/config.json"):
+        record = json.loads(config.read_text())
+        epochs[record["model"]] = epochs.get(record["model"], 0) + sum(len(h) for h in record["history"])
+    counted = _prometheus_samples(head.metrics_port, r"ray_mer_train_epochs_total")
+    assert {m: sum(v for line, v in counted if f'model="{m}"' in line) for m in epochs} == epochs
 
 
 @pytest.mark.timeout(450)

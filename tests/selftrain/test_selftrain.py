@@ -158,7 +158,7 @@ def test_two_round_run_on_a_real_demo_corpus(tmp_path, ray_local):
     again = job_from_dict({**_as_dict(job), "store": str(tmp_path / "store2"), "run_dir": str(tmp_path / "run2")})
     run_job(again, echo=lambda _: None)
     for name in ("predictions_test.csv", "predictions_test_agt.csv", "predictions_unlabeled.csv",
-                 "predictions_test_linear.csv", "predictor.json"):
+                 "predictions_test_linear.csv"):
         assert (tmp_path / "run2" / name).read_bytes() == (run_dir / name).read_bytes(), name
     first = open_store(job.store).read_pseudo_labels(summary["run_id"]).sort_values("sample_id")
     second = open_store(again.store).read_pseudo_labels(run_id(again)).sort_values("sample_id")

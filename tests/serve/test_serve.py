@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +21,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from fake_rounds import (  # noqa: F401  (the self-training fakes, reused as fixtures)
+    fake_training,
+    job,
+    run_rounds,
+)
+from mer_cli import run_mer
 
 from mer.config import load_job
-from mer.serve.inputs import RequestError, Upload, inside_root, parse_multipart, saved_upload
-from fake_rounds import fake_training, job, run_rounds  # noqa: F401  (the self-training fakes, reused as fixtures)
+from mer.serve.inputs import (
+    RequestError,
+    Upload,
+    inside_root,
+    parse_multipart,
+    saved_upload,
+)
 
 LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 PROBS = [f"p_{c}" for c in LABELS]
@@ -43,9 +53,8 @@ def run(tmp_path_factory, ray_local):
 @pytest.fixture(scope="module")
 def stored(run):
     """The stored pipeline's test predictions (unrounded) and the test rows of the manifest."""
-    from mer.train.predict import predict
-
     from mer.runfolder import RunFolder
+    from mer.train.predict import predict
 
     checkpoints = RunFolder(run.run_dir).systems()["agt"]["checkpoints"]
     preds = predict(checkpoints, None, "test").set_index("sample_id")
@@ -57,21 +66,6 @@ def stored(run):
 def clip_of(run, test, sample_id):
     return str(Path(run.manifest).parent / test.at[sample_id, "video"])
 
-
-def run_mer(capsys, *args) -> tuple[int, str, str]:
-    """``mer ARGS`` in this process (the console entry point: one-line errors, exit codes)."""
-    from mer.cli import main
-
-    argv, sys.argv = sys.argv, ["mer", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def bad_files(folder: Path, good: str) -> dict[str, Path]:
@@ -224,7 +218,7 @@ def test_self_trained_run_predicts_with_the_final_vote(run, stored, tmp_path):
     ids = list(test.index[:3])
     rows = [{"sample_id": s, "video": clip_of(run, test, s), "text": test.at[s, "text"]} for s in ids]
 
-    predictor = Predictor.from_run(run_dir)
+    predictor = Predictor.from_run(run_dir.path)
     got = predictor.predict_rows(rows)
     assert predictor.describe()["predictor"] == "self-training vote" and (got["error"] == "").all()
     table = preds.loc[ids].reset_index()
@@ -305,7 +299,7 @@ def test_serve_config_builds_the_app():
 
     from mer.serve.app import build_app
 
-    text = (Path(__file__).parents[1] / "cluster" / "serve.yaml").read_text()
+    text = (Path(__file__).parents[2] / "cluster" / "serve.yaml").read_text()
     config = ServeDeploySchema.model_validate(yaml.safe_load(text))
     (app,) = config.applications
     assert app.import_path == "mer.serve.app:build_app" and config.http_options.host == "127.0.0.1"

@@ -269,3 +269,24 @@ def test_plain_clients_read_the_tables_as_the_readme_shows(tmp_path):
     assert counts == [("angry", 10), ("happy", 10), ("sad", 10)]
     lance_ds = tbl.to_lance()
     assert duckdb.sql("SELECT count(*) FROM lance_ds WHERE split = 'test'").fetchall() == [(30,)]
+
+
+def test_indexed_and_exact_search_report_the_same_cosine_distances(tmp_path):
+    """The index only finds the rows: the distance shown is the exact 1 - cos, whichever way they were found."""
+    from mer.store.ann import build_index, cosine_distance, nearest
+
+    store = open_store(_store_for_cli(tmp_path))
+    tbl = store.open_table("enc")
+    query = store.read("enc").vector[0]
+    exact, mode = nearest(tbl, query, 8)
+    assert mode == "exact"
+    build_index(tbl, force=True)
+    indexed, mode = nearest(store.open_table("enc"), query, 8)
+    assert mode == "ann"
+    both = exact.merge(indexed, on="sample_id", suffixes=("_exact", "_ann"))
+    assert len(both) >= 6  # the index finds (nearly) the same neighbours
+    np.testing.assert_allclose(both["distance_exact"], both["distance_ann"], atol=1e-6)
+    vectors = store.read("enc")
+    row = list(vectors.ids).index(exact["sample_id"].iloc[1])
+    assert exact["distance"].iloc[1] == pytest.approx(cosine_distance(vectors.vector[row:row + 1], query)[0], abs=1e-6)
+    assert (exact["distance"].diff().dropna() >= 0).all()

@@ -83,7 +83,9 @@ def test_tune_writes_results_and_a_killed_search_resumes_to_the_same_best(projec
 def test_best_job_file_trains_the_winner_and_does_not_tune_again(tmp_path):
     """``stages=[tune]`` (how ``mer submit`` runs a search) writes a best.yaml that trains instead."""
     from mer.config import load_job
+    from mer.runfolder import RunFolder
     from mer.tune.results import rank_trials, write_results
+    from mer.tune.search import write_best
 
     job = job_from_dict({"name": "t", "manifest": "m.csv", "stages": ["tune"],
                          "tune": {"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}})
@@ -92,7 +94,8 @@ def test_best_job_file_trains_the_winner_and_does_not_tune_again(tmp_path):
                                                                      (3e-3, 0.7, "complete")])]
     table = rank_trials(rows)
     assert table["trial"].tolist() == [0, 2, 1]  # finished trials first, a stopped one's partial score never wins
-    summary = write_results(job, table, tmp_path)
+    values, row = write_results(table, RunFolder(tmp_path))
+    write_best(job, values, row, RunFolder(tmp_path))
     best = load_job(tmp_path / "best.yaml")
-    assert summary["best"] == {"train.lr": 1e-3} and best.train.lr == 1e-3
+    assert values == {"train.lr": 1e-3} and best.train.lr == 1e-3
     assert best.stages == ["train", "evaluate", "report"] and best.tune.space == {}

@@ -1,0 +1,241 @@
+"""The semi-supervised loop at MER2025's size: 7,369 labeled, 124,802 unlabeled, 20,000 candidates among them.
+
+Synthetic features are written straight into a store (no media: what is
+measured is the loop, not extraction) with the paper encoders' widths: audio
+1024 (HuBERT-large), video 768 (CLIP-ViT-L/14), text 5120 (Baichuan-13B), each
+with a ``seq`` of 4 steps in float16. Classes are prototypes plus noise, with
+MER-SEMI's label shift (worried and sad 5 % each of train, 25 % each of the
+pool). Then the real stages run on embedded Ray, exactly as ``mer run`` runs
+them: ``train`` (AGT and the linear floor, 3 seeds), ``selftrain`` (2 rounds,
+agt + attention + audio-only, 3 seeds each: 9 fits and 9 predictions of the
+pool per round), ``evaluate``, then ``mer export submission`` and the
+submission scored against the candidates' hidden labels as the organisers
+score it.
+
+Per stage it prints wall time, rows/s, the peak memory of the driver (RSS) and
+of this process tree (PSS of the driver, raylet, GCS and every Ray worker:
+shared pages once) and the store's size on disk. The whole thing runs twice,
+each in its own process and Ray instance: at the release's row counts and at
+one tenth of them. Target: the large run's peaks within 1.3x of the small
+one's (memory must not grow with the pool).
+
+Then, on the full store, the final round's 9 checkpoints predict the 124,802
+unlabeled rows twice: as Ray work (a Ray Data actor pool over shards,
+``mer.train.parallel``) and in this process shard by shard
+(``mer.train.predict``), and the ratio is printed.
+
+Run: .venv/bin/python benchmarks/release_scale.py [--scale 1.0] [--epochs 2] [--work /tmp/mer_release]
+     .venv/bin/python benchmarks/release_scale.py --tiny     (1/100 of the rows, one seed: what CI runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+ROLES = {"audio": 1024, "video": 768, "text": 5120}  # HuBERT-large, CLIP-ViT-L/14, Baichuan-13B
+SEQ_LEN = 4
+COUNTS = {"train": 7369, "unlabeled": 124802, "candidates": 20000}
+TRAIN_PRIOR = [0.225, 0.225, 0.225, 0.05, 0.05, 0.225]
+POOL_PRIOR = [0.125, 0.125, 0.125, 0.25, 0.25, 0.125]
+#: Per role: how far a sample sits from its class prototype (audio the clearest, as in MER).
+NOISE = {"audio": 1.6, "video": 2.4, "text": 2.8}
+CHUNK = 2048
+
+
+def _sizes(scale: float) -> dict[str, int]:
+    return {k: max(60 if k == "train" else 50, int(round(v * scale))) for k, v in COUNTS.items()}
+
+
+def write_corpus(root: Path, scale: float, seed: int = 0) -> tuple[dict, dict]:
+    """Manifest, hidden labels and the three feature tables; returns (sizes, per-stage figures)."""
+    from mer.config import EncoderSpec
+    from mer.encoders import feature_ref
+    from mer.store import open_store
+
+    sizes = _sizes(scale)
+    rng = np.random.default_rng(seed)
+    n_train, n_pool = sizes["train"], sizes["unlabeled"]
+    ids = np.array([f"sample_{i:08d}" for i in range(n_train + n_pool)])
+    y = np.concatenate([rng.choice(6, n_train, p=TRAIN_PRIOR), rng.choice(6, n_pool, p=POOL_PRIOR)])
+    split = np.array(["train"] * n_train + ["unlabeled"] * n_pool)
+    candidate = np.zeros(len(ids), bool)
+    candidate[n_train + rng.choice(n_pool, sizes["candidates"], replace=False)] = True
+    labels = np.asarray(LABELS, object)[y]
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"sample_id": ids, "video": "", "audio": "", "text": "", "label": np.where(split == "train", labels, ""),
+                  "split": split, "candidate": np.where(candidate, "1", "")}).to_csv(root / "manifest.csv", index=False)
+    pd.DataFrame({"sample_id": ids[split == "unlabeled"], "label": labels[split == "unlabeled"]}).to_csv(
+        root / "unlabeled_truth.csv", index=False)
+    pd.DataFrame({"name": ids[candidate], "discrete": labels[candidate]}).to_csv(root / "candidate_labels.csv", index=False)
+    store = open_store(root / "store")
+    for role, dim in ROLES.items():
+        spec = EncoderSpec(alias=f"synthetic-{role}", seq_len=SEQ_LEN, seq_dtype="float16")
+        prototypes = rng.normal(size=(6, dim)).astype(np.float32)
+        ref = feature_ref(role, EncoderSpec(alias="imported", model=f"{spec.alias}@{'0123abcd'}"))
+        for start in range(0, len(ids), CHUNK):
+            part = slice(start, start + CHUNK)
+            n = len(ids[part])
+            vector = prototypes[y[part]] + NOISE[role] * rng.normal(size=(n, dim)).astype(np.float32)
+            seq = vector[:, None, :] + NOISE[role] * rng.normal(size=(n, SEQ_LEN, dim)).astype(np.float32)
+            store.upsert(ref.alias, ref.version, {"sample_id": ids[part], "split": split[part],
+                                                  "label": np.where(split[part] == "train", labels[part], None),
+                                                  "vector": vector, "seq": seq.astype(np.float16)},
+                         seq_dtype="float16")
+    return sizes, {"candidates": int(candidate.sum())}
+
+
+def job_for(root: Path, epochs: int, seeds: list[int]):
+    from mer.config import job_from_dict
+
+    return job_from_dict({
+        "name": "release", "manifest": str(root / "manifest.csv"), "store": str(root / "store"),
+        "run_dir": str(root / "run"), "truth": str(root / "unlabeled_truth.csv"),
+        "encoders": {role: {"alias": "imported", "model": f"synthetic-{role}@0123abcd", "seq_len": SEQ_LEN}
+                     for role in ROLES},
+        "stages": ["train", "selftrain", "evaluate"],
+        "train": {"model": "agt", "epochs": epochs, "seeds": seeds, "patience": epochs},
+        "selftrain": {"rounds": 2, "threshold": 0.9, "voting": "prior", "models": ["agt", "attention", "unimodal"],
+                      "min_new": 1},
+        # fits read their rows streamed once they pass 1 GB: memory stays flat whatever the pool size
+        "execution": {"memory_budget_gb": 1.0, "concurrent_fits": 1},
+    })
+
+
+def du_gb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e9
+
+
+def one_scale(root: Path, scale: float, epochs: int, seeds: list[int]) -> dict:
+    """Every stage at one scale, in this process; per-stage figures."""
+    from scale import Peak
+
+    from mer.export import submission
+    from mer.report.metrics import evaluate_file
+    from mer.runfolder import RunFolder
+    from mer.runner import ensure_ray
+    from mer.stages import STAGES
+
+    out = {"scale": scale, "stages": {}}
+    with Peak() as peak:
+        sizes, extra = write_corpus(root, scale)
+    out["sizes"] = sizes
+    rows = sizes["train"] + sizes["unlabeled"]
+    out["stages"]["write store"] = _figures(peak, rows, root)
+    job = job_for(root, epochs, seeds)
+    from mer.runner import absolute, check_job
+
+    check_job(job)
+    job = absolute(job)
+    run = RunFolder(job.run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    manifest = pd.read_csv(job.manifest, dtype=str, keep_default_na=False)
+    run.write_candidates(manifest.loc[manifest["candidate"] == "1", ["sample_id"]].assign(reason=""))
+    ensure_ray(include_dashboard=False)
+    pool = sizes["unlabeled"]
+    for name, rows_done in (("train", sizes["train"] * len(seeds) * 2), ("selftrain", pool * 3), ("evaluate", 1)):
+        with Peak() as peak:
+            summary = STAGES[name].function()(job, lambda line: print(line, flush=True))
+        out["stages"][name] = _figures(peak, rows_done, root)
+        if name == "selftrain":
+            out["pseudo_labels"] = summary["pseudo_labels"]
+            out["rounds"] = summary["rounds"]
+    with Peak() as peak:
+        path, n = submission(run.path, root / "submission.csv")
+        metrics = evaluate_file(path, root / "candidate_labels.csv", None)
+    out["stages"]["submission"] = _figures(peak, n, root)
+    out["submission"] = {"rows": n, "weighted_f1": metrics["weighted_f1"], "accuracy": metrics["accuracy"],
+                         "f1_worried": metrics["per_class"]["worried"]["f1"], "f1_sad": metrics["per_class"]["sad"]["f1"]}
+    selftrain = run.read("selftrain.json")
+    out["cv"] = {m: v for m, v in selftrain["rounds"][0]["models_cv"].items()}
+    out["pseudo_accuracy"] = [r.get("pseudo_accuracy") for r in selftrain["rounds"]]
+    if scale >= 1.0:
+        out["predict_paths"] = compare_prediction_paths(job, run)
+    return out
+
+
+def compare_prediction_paths(job, run) -> dict:
+    """The final round's checkpoints over the unlabeled pool: Ray Data actor pool vs this process, seconds each."""
+    from mer.train.parallel import predict_split
+    from mer.train.predict import load_members, predict_members
+
+    final = run.final_predictor()
+    checkpoints = [c for paths in final.checkpoints.values() for c in paths]
+    start = time.perf_counter()
+    ray_frames = predict_split(checkpoints, job.store, "unlabeled", job.execution)
+    ray_s = time.perf_counter() - start
+    start = time.perf_counter()
+    local_frames = predict_members(load_members(checkpoints), job.store, "unlabeled")
+    local_s = time.perf_counter() - start
+    gap = max(float(np.abs(a.iloc[:, 2:].to_numpy(float) - b.iloc[:, 2:].to_numpy(float)).max())
+              for a, b in zip(ray_frames, local_frames))
+    return {"checkpoints": len(checkpoints), "rows": len(ray_frames[0]), "ray_s": round(ray_s, 1),
+            "in_process_s": round(local_s, 1), "in_process_over_ray": round(local_s / ray_s, 2), "max_abs_diff": gap}
+
+
+def _figures(peak, rows: int, root: Path) -> dict:
+    return {"seconds": round(peak.seconds, 1), "rows_per_s": round(rows / max(peak.seconds, 1e-9), 1),
+            "driver_peak_mb": round(peak.driver), "tree_peak_mb": round(peak.tree), "store_gb": round(du_gb(root / "store"), 2)}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| scale | stage | wall s | rows/s | driver peak MB | tree peak MB (driver + Ray) | store GB |",
+             "|---|---|---|---|---|---|---|"]
+    for res in results:
+        for stage, f in res["stages"].items():
+            lines.append(f"| {res['scale']:g} | {stage} | {f['seconds']} | {f['rows_per_s']} | {f['driver_peak_mb']} | "
+                         f"{f['tree_peak_mb']} | {f['store_gb']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="Fraction of MER2025's row counts (1.0 = the release).")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--work", default="/tmp/mer_release")
+    parser.add_argument("--tiny", action="store_true", help="1/100 of the rows, one seed, 1 epoch (CI).")
+    parser.add_argument("--one", type=float, default=None, help=argparse.SUPPRESS)  # a child: one scale, JSON out
+    args = parser.parse_args()
+    if args.tiny:
+        args.scale, args.seeds, args.epochs = 0.01, "0", 1
+    seeds = [int(s) for s in args.seeds.split(",")]
+    work = Path(args.work)
+    if args.one is not None:
+        result = one_scale(work / f"scale_{args.one:g}", args.one, args.epochs, seeds)
+        (work / f"scale_{args.one:g}.json").write_text(json.dumps(result, indent=2, default=str))
+        return
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    results = []
+    for scale in (args.scale, args.scale / 10):
+        # each scale in its own process and Ray instance: peaks do not carry over
+        cmd = [sys.executable, __file__, "--one", str(scale), "--epochs", str(args.epochs), "--seeds", args.seeds,
+               "--work", str(work)]
+        subprocess.run(cmd, check=True)
+        results.append(json.loads((work / f"scale_{scale:g}.json").read_text()))
+    big, small = results
+    print(table(results))
+    for key in ("driver_peak_mb", "tree_peak_mb"):
+        ratio = max(f[key] for f in big["stages"].values()) / max(f[key] for f in small["stages"].values())
+        print(f"{key}: {args.scale:g} vs {args.scale / 10:g} of the rows: {ratio:.2f}x (target <= 1.3x)")
+    for res in results:
+        print(f"scale {res['scale']:g}: {res['sizes']}; pseudo-labels {res['pseudo_labels']} "
+              f"(accuracy per round {res['pseudo_accuracy']}); round-0 CV {res['cv']}; submission {res['submission']}")
+    if "predict_paths" in big:
+        print(f"prediction of the pool by the final round's models: {big['predict_paths']}")
+    (work / "release_scale.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
