@@ -9,6 +9,7 @@ adds the traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
@@ -64,7 +65,9 @@ _COUNT = click.IntRange(min=0)
               help="heldout: unseen speakers, noisy reverberant rooms, situation transcripts (a corpus nothing was tuned on).")
 @click.option("--layout", type=click.Choice(["manifest", "mer2025", "mer2024"]), default="manifest", show_default=True,
               help="mer2025/mer2024: the organisers' release layout (for mer corpus import) instead of a manifest.")
-def demo_data(out, n_train, n_unlabeled, n_test, seed, balanced_test, style, layout) -> None:
+@click.option("--speech", is_flag=True,
+              help="Each clip's audio is its transcript spoken by espeak-ng (for measuring speech recognition).")
+def demo_data(out, n_train, n_unlabeled, n_test, seed, balanced_test, style, layout, speech) -> None:
     """Write a synthetic corpus of real mp4 clips (face + voice) and a manifest.
 
     \b
@@ -72,14 +75,15 @@ def demo_data(out, n_train, n_unlabeled, n_test, seed, balanced_test, style, lay
       mer demo-data demo_corpus --n-train 300 --seed 1
       mer demo-data heldout_corpus --style heldout --seed 101
       mer demo-data mer2025_demo --layout mer2025
+      mer demo-data speech_corpus --speech
     """
     if n_train + n_unlabeled + n_test == 0:
         raise MerError("demo-data: --n-train, --n-unlabeled and --n-test are all 0: nothing to write")
     if layout != "manifest":
         from mer.corpus.demo_release import make_release_corpus
 
-        if style != "demo" or balanced_test:
-            raise MerError(f"--layout {layout}: takes the demo style only (no --style heldout or --balanced-test)")
+        if style != "demo" or balanced_test or speech:
+            raise MerError(f"--layout {layout}: takes the demo style only (no --style heldout, --balanced-test or --speech)")
         root = make_release_corpus(out, layout, n_train=n_train, n_unlabeled=n_unlabeled, n_test=n_test, seed=seed)
         click.echo(f"wrote a {layout} release layout to {root}")
         click.echo(f"next: mer corpus import {layout} {root} --out {root}/manifest.csv")
@@ -90,6 +94,10 @@ def demo_data(out, n_train, n_unlabeled, n_test, seed, balanced_test, style, lay
         out, n_train=n_train, n_unlabeled=n_unlabeled, n_test=n_test, seed=seed, balanced_test=balanced_test,
         style=style,
     )
+    if speech:
+        from mer.corpus.speech import speak_manifest
+
+        click.echo(f"spoke {speak_manifest(manifest)} transcripts (espeak-ng) into {manifest.parent / 'speech'}")
     click.echo(f"wrote {manifest}")
     click.echo(f"next: mer corpus validate {manifest}   or   mer run jobs/quickstart.yaml")
 
@@ -257,7 +265,7 @@ def query_tables(store) -> None:
 @click.option("--encoder", default=None, help=_encoder_help + " Default: every feature table.")
 @_store_option
 def query_get(sample_id, encoder, store) -> None:
-    """Show one sample's stored vectors (shape, head values) and metadata.
+    """Show one sample's stored vectors (shape, head values) and metadata, and its transcripts.
 
     \b
     Example:
@@ -332,9 +340,12 @@ def query_index(encoder, force, store) -> None:
 def query_export(out, encoder, split, with_seq, fmt, frames, store) -> None:
     """Write one encoder's table to Parquet (pandas, duckdb, polars) or to MERTools' .npy layout.
 
+    --encoder transcripts exports the speech recogniser's transcripts (Parquet).
+
     \b
     Example:
       mer query export --encoder minilm features.parquet
+      mer query export --encoder transcripts transcripts.parquet
       mer query export --encoder hf_audio --format npy mertools/chinese-hubert-large-UTT
     """
     from mer.store import open_store
@@ -395,6 +406,23 @@ def store_import(folder, name, role, manifest, seq_len, store) -> None:
     click.echo(f"next: name it in a job: encoders.{role}: {{alias: imported, model: {summary.reference}}}")
 
 
+_ASR_HELP = ("Transcribe clips that come without text with this recogniser when the run has none of its own: "
+             "whisper[:HUB_NAME_OR_FOLDER] (default model openai/whisper-large-v3) or pocketsphinx.")
+
+
+def _asr_spec(value: str | None):
+    """``--asr ENGINE[:MODEL]`` as an AsrSpec (None when not given)."""
+    if not value:
+        return None
+    from mer.config import AsrSpec
+    from mer.encoders.asr import check_asr
+
+    engine, _, model = value.partition(":")
+    spec = AsrSpec(engine=engine, model=model or None)
+    check_asr(spec)
+    return spec
+
+
 @cli.command("predict")
 @click.argument("clips", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
@@ -406,21 +434,25 @@ def store_import(folder, name, role, manifest, seq_len, store) -> None:
               help="Stored split to predict with --checkpoint.  [default: test]")
 @click.option("--text", "texts", multiple=True, help="Transcript of a clip: one per clip, in the order of CLIPS.")
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="Manifest of new clips to predict.")
+@click.option("--asr", default=None, metavar="ENGINE[:MODEL]", help=_ASR_HELP)
 @click.option("--store", default=None,
               help="--split: store to read (default: the checkpoint's). Clips: also write their features there.")
 @click.option("--out", default="predictions.csv", show_default=True, help=_OUT_HELP)
-def predict_cmd(clips, run_dir, checkpoints, split, texts, manifest, store, out) -> None:
+def predict_cmd(clips, run_dir, checkpoints, split, texts, manifest, asr, store, out) -> None:
     """Predict new clips with a trained run, or a stored split with checkpoints.
 
     Clips are decoded and encoded with the encoder versions the checkpoints
     were trained on; a bad file is reported on stderr and the others are
     predicted (exit code 2 only when nothing could be). With AGT the output
-    adds the modality weights w_audio, w_video, w_text.
+    adds the modality weights w_audio, w_video, w_text. A clip without text
+    is transcribed by the run's recogniser (a run whose text source is asr or
+    auto), else by --asr; text_source says where each row's text came from.
 
     \b
     Example:
       mer predict --run runs/quickstart clip.mp4 --text "I can't believe it" --out -
       mer predict --run runs/quickstart --manifest new/manifest.csv --out new_preds.csv
+      mer predict --run runs/quickstart clip.mp4 --asr whisper:openai/whisper-large-v3 --out -
       mer predict --checkpoint runs/quickstart/checkpoints/agt_s0_* --split test --out preds.csv
     """
     _writable_file(out)
@@ -433,7 +465,10 @@ def predict_cmd(clips, run_dir, checkpoints, split, texts, manifest, store, out)
         raise MerError("--run: give clip files or --manifest to predict")
     from mer.serve.predictor import load_predictor, predict_clips
 
-    frame, problems = predict_clips(load_predictor(run_dir, checkpoints), clips, texts, manifest, store)
+    predictor = load_predictor(run_dir, checkpoints, asr=_asr_spec(asr))
+    if predictor.shift_warning:
+        click.echo(predictor.shift_warning, err=True)
+    frame, problems = predict_clips(predictor, clips, texts, manifest, store)
     for problem in problems:
         click.echo(f"skipped {problem}", err=True)
     if frame.empty:
@@ -477,12 +512,14 @@ def _predict_stored(checkpoints, store, split, out) -> None:
 @click.option("--allowed-root", type=click.Path(file_okay=False, exists=True), default=None,
               help="Also accept JSON {\"paths\": [...]} naming files inside this folder.")
 @click.option("--max-batch-size", default=8, show_default=True, help="Requests predicted together (1 = no batching).")
+@click.option("--asr", default=None, metavar="ENGINE[:MODEL]", help=_ASR_HELP)
 def serve_cmd(run_dir, checkpoints, host, port, replicas, gpus_per_replica, max_upload_mb, max_seconds,
-              allowed_root, max_batch_size) -> None:
+              allowed_root, max_batch_size, asr) -> None:
     """Serve a trained run over HTTP with Ray Serve until Ctrl-C.
 
     POST /predict (multipart: file, optional text) answers label,
-    probabilities, modality weights, encoder versions and model id;
+    probabilities, modality weights, the text's source (and the transcript
+    when a recogniser made it), encoder versions and model id;
     GET /health; GET /model. Bad input gets a 4xx JSON {"error": ...}.
 
     \b
@@ -495,8 +532,13 @@ def serve_cmd(run_dir, checkpoints, host, port, replicas, gpus_per_replica, max_
     from mer.serve.predictor import load_predictor
 
     # Load once here: a bad run or a changed encoder is a one-line error before Ray starts.
-    described = load_predictor(run_dir, checkpoints, device="cpu").describe()
-    args = ServeArgs(run_dir=run_dir, checkpoints=list(checkpoints), max_upload_mb=max_upload_mb,
+    spec = _asr_spec(asr)
+    predictor = load_predictor(run_dir, checkpoints, device="cpu", asr=spec)
+    if predictor.shift_warning:
+        click.echo(predictor.shift_warning, err=True)
+    described = predictor.describe()
+    args = ServeArgs(run_dir=run_dir, checkpoints=list(checkpoints), asr=dataclasses.asdict(spec) if spec else None,
+                     max_upload_mb=max_upload_mb,
                      max_seconds=max_seconds, allowed_root=allowed_root, max_batch_size=max_batch_size,
                      replicas=replicas, gpus_per_replica=gpus_per_replica)
     url = run_serve(args, host, port)

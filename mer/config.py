@@ -22,10 +22,42 @@ from mer.stages import STAGES
 
 MER2024_LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 ROLES = ("audio", "video", "text")
+#: Where a text encoder's transcripts come from (``EncoderSpec.source``).
+TEXT_SOURCES = ("manifest", "asr", "auto")
 
 
 class ConfigError(MerError, ValueError):
     """A job file or override that cannot be used; the message names the key."""
+
+
+@dataclass
+class AsrSpec:
+    """Speech recognition for clips without a transcript (the ``asr`` stage, ``mer predict``, ``mer serve``).
+
+    Attributes:
+        engine: ``whisper`` (any Hugging Face Whisper folder or hub name) or
+            ``pocketsphinx`` (CMU PocketSphinx, its bundled US-English model; CPU).
+        model: hub name or folder (whisper; default ``openai/whisper-large-v3``).
+        language: a fixed language code (``zh``, ``en``...); empty = detect per clip (whisper).
+        chunk_seconds: long clips are transcribed in windows of this length (Whisper's is 30 s).
+        batch_size: windows per generate call.
+        dtype: ``auto`` (bf16/fp16 on GPU, fp32 on CPU), ``float32``, ``float16``, ``bfloat16``.
+        max_new_tokens: tokens generated per window.
+        no_speech_threshold: a window whose no-speech probability is above this and whose
+            average log-probability is below ``logprob_threshold`` is silence, music or
+            speech the model cannot follow: its text is empty (Whisper's own rule).
+        logprob_threshold: see ``no_speech_threshold``.
+    """
+
+    engine: str = "whisper"
+    model: str | None = None
+    language: str = ""
+    chunk_seconds: float = 30.0
+    batch_size: int = 8
+    dtype: str = "auto"
+    max_new_tokens: int = 128
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
 
 
 @dataclass
@@ -52,6 +84,13 @@ class EncoderSpec:
         noise_source: the noise recording ``babble`` mixes in (a WAV of other speech).
         name: the stream's name when a role has several encoders (default the
             alias): the second audio encoder ``egemaps`` is stream ``audio:egemaps``.
+        source: where a text encoder's transcripts come from: ``manifest`` (the
+            manifest's ``text``), ``asr`` (the ``asr`` stage's transcripts of the
+            audio) or ``auto`` (the manifest's where it has one, else ASR). Part of
+            the version for ``asr``/``auto``: features of two sources never mix
+            under one version, and each row records which fed it.
+        asr: the speech recogniser of ``source: asr|auto`` (and of ``mer predict``
+            / ``mer serve`` on clips that come without text).
     """
 
     alias: str
@@ -68,6 +107,16 @@ class EncoderSpec:
     corrupt: str = ""
     noise_source: str = ""
     name: str = ""
+    source: str = "manifest"
+    asr: AsrSpec | None = None
+
+    def __post_init__(self):
+        if isinstance(self.asr, dict):  # a spec read back from JSON (checkpoints, actors)
+            self.asr = AsrSpec(**self.asr)
+
+    def recogniser(self) -> AsrSpec:
+        """The speech recogniser of ``source: asr|auto`` (default: Whisper large-v3)."""
+        return self.asr or AsrSpec()
 
 
 def role_of(stream: str) -> str:

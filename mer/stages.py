@@ -45,6 +45,7 @@ def load(target: str):
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("validate", "mer.corpus.stage:run", needs_ray=False),
+    Stage("asr", "mer.extract.transcribe:run", needs_ray=True, check="mer.extract.transcribe:check"),
     Stage("extract", "mer.extract.stage:run", needs_ray=True, check="mer.extract.stage:check"),
     Stage("finetune", "mer.finetune.stage:run", needs_ray=True, check="mer.finetune.stage:check"),
     Stage("train", "mer.train.stage:run", needs_ray=True, check="mer.train.stage:check"),

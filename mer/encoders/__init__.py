@@ -64,7 +64,8 @@ def check_streams(streams: dict[str, EncoderSpec]) -> None:
     Raises:
         MerError: naming ``encoders.<role>`` and what is wrong.
     """
-    from mer.config import ConfigError, role_of
+    from mer.config import TEXT_SOURCES, ConfigError, role_of
+    from mer.encoders.asr import check_asr
 
     for stream, spec in streams.items():
         role = role_of(stream)
@@ -79,6 +80,15 @@ def check_streams(streams: dict[str, EncoderSpec]) -> None:
         except MerError as exc:
             raise ConfigError(f"encoders.{role}: {exc}") from None
         cls.parse_corruption(spec)
+        if spec.source not in TEXT_SOURCES:
+            raise ConfigError(f"encoders.{role}.source: {spec.source!r} is not one of {', '.join(TEXT_SOURCES)}")
+        if spec.source != "manifest" and role != "text":
+            raise ConfigError(f"encoders.{role}.source: only the text role reads transcripts")
+        if spec.asr is not None or spec.source != "manifest":
+            try:
+                check_asr(spec.recogniser())
+            except MerError as exc:
+                raise ConfigError(f"encoders.{role}.{exc}") from None
 
 
 def build_encoder(spec: EncoderSpec, device: str = "cpu") -> Encoder:

@@ -155,6 +155,10 @@ class Encoder:
         if spec.corrupt:  # only then: clean versions stay what they were
             payload["corrupt"] = spec.corrupt
             payload["noise"] = file_digest(spec.noise_source) if spec.noise_source else ""
+        if spec.source != "manifest":  # transcripts made by a recogniser: its version is part of ours
+            from mer.encoders.asr import asr_version
+
+            payload["text_source"] = [spec.source, asr_version(spec.recogniser())]
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -7,9 +7,11 @@ Read top to bottom:
 2. Ray Data streams the remaining rows through ``decode_batch`` (CPU tasks,
    PyAV) and ``EncodeActor`` (an ``ActorPoolStrategy`` pool; ``num_gpus`` per
    actor when the cluster has GPUs, so Ray pins each actor to its own device).
-3. The driver consumes blocks as they finish, upserts them into LanceDB every
-   ``write_batch`` rows (idempotent, keyed on sample_id) and hands failed rows
-   to ``on_failed`` (the stage quarantines them).
+3. The driver consumes blocks as they finish, hands them to a sink every
+   ``write_batch`` rows (features: an idempotent upsert keyed on sample_id into
+   the encoder version's table; a speech recogniser's transcripts: into its
+   ``transcripts__`` table) and hands failed rows to ``on_failed`` (the stage
+   quarantines them).
 
 Resources: actors never hold every CPU. ``decode_cpus`` stay free for decode
 tasks (else Ray Data waits forever for a CPU the actors hold); the actors split
@@ -36,13 +38,55 @@ import ray
 from ray.util.annotations import RayDeprecationWarning
 from tqdm import tqdm
 
-from mer.config import EncoderSpec, ExtractConfig
+from mer.config import AsrSpec, EncoderSpec, ExtractConfig
 from mer.encoders import build_encoder, feature_ref
+from mer.encoders.asr import asr_version
 from mer.extract.workers import EncodeActor, decode_batch
 from mer.store import open_store
 from mer.store.schema import table_name
+from mer.store.transcripts import transcripts_table
 
-MANIFEST_COLUMNS = ["sample_id", "split", "label", "video", "audio", "text"]
+MANIFEST_COLUMNS = ["sample_id", "split", "label", "video", "audio", "text", "text_source"]
+
+
+class FeatureSink:
+    """Where an encoder's results go: its version's feature table (``vector``, ``seq``, a text row's ``text_source``)."""
+
+    def __init__(self, store, alias: str, version: str, seq_dtype: str):
+        self.store, self.alias, self.version, self.seq_dtype = store, alias, version, seq_dtype
+        self.table = table_name(alias, version)
+
+    def existing_ids(self) -> set[str]:
+        return self.store.existing_ids(self.alias, self.version)
+
+    def write(self, rows: list[dict]) -> int:
+        """One idempotent upsert of buffered rows (a retried batch replaces, never duplicates)."""
+        columns = {
+            "sample_id": [r["sample_id"] for r in rows], "split": [r["split"] for r in rows],
+            "label": [r["label"] for r in rows],
+            "vector": np.stack([np.asarray(r["result"][0], np.float32) for r in rows]),
+        }
+        if all(r["result"][1] is not None for r in rows):
+            columns["seq"] = [r["result"][1] for r in rows]
+        if any(r["text_source"] for r in rows):
+            columns["text_source"] = [r["text_source"] for r in rows]
+        return self.store.upsert(self.alias, self.version, columns, seq_dtype=self.seq_dtype)
+
+
+class TranscriptSink:
+    """Where a speech recogniser's results go: its version's ``transcripts__`` table."""
+
+    def __init__(self, store, engine: str, version: str):
+        self.store, self.engine, self.version = store, engine, version
+        self.table = transcripts_table(engine, version)
+
+    def existing_ids(self) -> set[str]:
+        return self.store.ids_in(self.table)
+
+    def write(self, rows: list[dict]) -> int:
+        frame = pd.DataFrame([{"sample_id": r["sample_id"], "split": r["split"], **dataclasses.asdict(r["result"])}
+                              for r in rows])
+        return self.store.write_transcripts(self.engine, self.version, frame)
 
 
 @dataclasses.dataclass
@@ -118,7 +162,7 @@ def live_resources(timeout_s: float = 30.0) -> dict:
     return dict(total)
 
 
-def build_dataset(rows: pd.DataFrame, spec: EncoderSpec, plan: Plan):
+def build_dataset(rows: pd.DataFrame, spec: EncoderSpec | AsrSpec, plan: Plan):
     """The lazy Ray Data pipeline: manifest rows -> decode tasks -> encoder actors.
 
     Encoder actors are not restarted by Ray (``max_restarts=0``): a restarted
@@ -127,12 +171,13 @@ def build_dataset(rows: pd.DataFrame, spec: EncoderSpec, plan: Plan):
     fails the run instead, and ``extract_rows`` runs what had not come back in
     a new one, planned for the cluster that is left.
     """
-    spec_json = json.dumps(dataclasses.asdict(spec))
+    spec_json = json.dumps({"asr": dataclasses.asdict(spec)} if isinstance(spec, AsrSpec) else dataclasses.asdict(spec))
     per_block = max(1, spec.batch_size)
     # Missing values travel as "" so every block has string columns: a block whose
     # labels (or audio paths) are all None would get another Arrow type and Ray
     # Data could not concatenate blocks. decode_batch turns "" back into None.
-    records = rows[MANIFEST_COLUMNS].astype(object).where(rows[MANIFEST_COLUMNS].notna(), "")
+    rows = rows.reindex(columns=MANIFEST_COLUMNS)
+    records = rows.astype(object).where(rows.notna(), "")
     ds = ray.data.from_items(records.to_dict("records"), override_num_blocks=math.ceil(len(rows) / per_block))
     ds = ds.map_batches(
         decode_batch,
@@ -159,14 +204,14 @@ def build_dataset(rows: pd.DataFrame, spec: EncoderSpec, plan: Plan):
 
 def extract_rows(
     rows: pd.DataFrame,
-    spec: EncoderSpec,
+    spec: EncoderSpec | AsrSpec,
     store_uri: str,
     cfg: ExtractConfig,
     on_failed: Callable[[list[dict]], None] = lambda failed: None,
     progress: bool = True,
     version: str | None = None,
 ) -> dict:
-    """Extract one encoder's features for ``rows`` into the store (resumable, idempotent).
+    """Extract one encoder's features (or one recogniser's transcripts) for ``rows`` into the store (resumable, idempotent).
 
     Ray retries lost decode tasks itself; a dead encoder actor (a crash, or a
     lost node) ends the Ray Data run, and the clips that had not come back are
@@ -175,8 +220,9 @@ def extract_rows(
     stored twice).
 
     Args:
-        rows: manifest rows (``sample_id, split, label, video, audio, text``).
-        spec: the encoder spec.
+        rows: manifest rows (``sample_id, split, label, video, audio, text``; a text
+            encoder's rows may carry ``text_source``, recorded per row).
+        spec: the encoder spec, or an :class:`~mer.config.AsrSpec` (transcripts).
         store_uri: LanceDB URI.
         cfg: extraction settings (actors, GPUs, write batch, restarts).
         on_failed: called with ``[{sample_id, reason}]`` for samples that failed.
@@ -190,14 +236,19 @@ def extract_rows(
         per_gpu, actors, seconds, samples_per_s, startup_s, steady_samples_per_s}``
         (``startup_s``: until the first batch came back; actor start and model load).
     """
-    encoder = build_encoder(spec)
-    ref = feature_ref(encoder.role or "", spec)
-    alias, version = ref.alias, version or ref.version
     store = open_store(store_uri)
-    done = store.existing_ids(alias, version)
+    if isinstance(spec, AsrSpec):
+        version = asr_version(spec)
+        sink, alias = TranscriptSink(store, spec.engine, version), f"asr-{spec.engine}"
+    else:
+        encoder = build_encoder(spec)
+        ref = feature_ref(encoder.role or "", spec)
+        alias, version = ref.alias, version or ref.version
+        sink = FeatureSink(store, alias, version, spec.seq_dtype)
+    done = sink.existing_ids()
     todo = rows[~rows["sample_id"].isin(done)]
     summary = {
-        "table": table_name(alias, version),
+        "table": sink.table,
         "encoder": alias,
         "version": version,
         "written": 0,
@@ -219,7 +270,7 @@ def extract_rows(
 
     def flush() -> None:
         if buffer:
-            summary["written"] += _write(store, alias, version, buffer, spec.seq_dtype)
+            summary["written"] += sink.write(buffer)
             buffer.clear()
 
     pending = todo
@@ -269,31 +320,19 @@ def extract_rows(
 
 
 def _take(batch: dict, buffer: list[dict], per_gpu: Counter, summary: dict, on_failed) -> None:
-    """Sort one result batch: stored rows into ``buffer``, failures to ``on_failed`` (counted in ``summary``)."""
+    """Sort one result batch: results into ``buffer``, failures to ``on_failed`` (counted in ``summary``)."""
     failed = []
     for i, sid in enumerate(batch["sample_id"]):
         summary["no_face_frames"] += int(batch["no_face"][i])
         if batch["error"][i]:
             failed.append({"sample_id": str(sid), "reason": str(batch["error"][i])})
             continue
-        vector, seq = pickle.loads(batch["result"][i])
-        label = batch["label"][i]
+        label, source = batch["label"][i], batch["text_source"][i]
         buffer.append({"sample_id": str(sid), "split": str(batch["split"][i]),
-                       "label": label if isinstance(label, str) and label else None, "vector": vector, "seq": seq})
+                       "label": label if isinstance(label, str) and label else None,
+                       "text_source": source if isinstance(source, str) and source else None,
+                       "result": pickle.loads(batch["result"][i])})
         per_gpu[str(batch["gpu"][i]) or "cpu"] += 1
     if failed:
         summary["failed"] += len(failed)
         on_failed(failed)
-
-
-def _write(store, alias: str, version: str, rows: list[dict], seq_dtype: str) -> int:
-    """One idempotent upsert of buffered rows (a retried batch replaces, never duplicates)."""
-    columns = {
-        "sample_id": [r["sample_id"] for r in rows],
-        "split": [r["split"] for r in rows],
-        "label": [r["label"] for r in rows],
-        "vector": np.stack([r["vector"] for r in rows]),
-    }
-    if all(r["seq"] is not None for r in rows):
-        columns["seq"] = [r["seq"] for r in rows]
-    return store.upsert(alias, version, columns, seq_dtype=seq_dtype)

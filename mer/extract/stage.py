@@ -4,7 +4,9 @@ Rows come from the validate stage's ``run_dir/manifest_clean.csv`` when it is
 newer than the manifest (no second pass over the media), else from validating
 the manifest here. With ``train.audio_augment`` the audio's noisy training
 copies (every non-test row, that corruption) are extracted too, into their
-own encoder version. Each role sees only rows that have its modality; a sample
+own encoder version. Each role sees only rows that have its modality (a text
+encoder whose ``source`` is ``asr``/``auto`` has its clips transcribed first,
+:mod:`mer.extract.transcribe`); a sample
 whose decode or encode fails is appended to ``run_dir/quarantine.csv`` (stage
 ``extract:<role>``) and the run goes on. A rerun skips what the store holds.
 """
@@ -16,6 +18,7 @@ from mer.corpus.stage import clean_rows
 from mer.corpus.validate import append_quarantine
 from mer.encoders import augment_spec, encoder_class
 from mer.extract.pipeline import extract_rows
+from mer.extract.transcribe import text_rows, transcribe
 from mer.runfolder import RunFolder
 
 
@@ -54,8 +57,14 @@ def run(
     # Every stream of the roles asked for (only the role's first with ``version``: a cross-fitted
     # fine-tune replaces that one); imported feature tables have nothing to extract.
     streams = [(s, spec) for s, spec in job.streams().items() if role_of(s) in roles and (version is None or s in roles)]
-    work = [(s, spec, rows[rows[f"has_{role_of(s)}"].astype(bool)]) for s, spec in streams
-            if encoder_class(spec.alias).extracts]
+    work = []
+    for stream, spec in streams:
+        if not encoder_class(spec.alias).extracts:
+            continue
+        if spec.source != "manifest":  # transcripts first (resumable: stored ones are skipped)
+            transcribe(rows, spec, job.store, job.extract, job.run_dir, echo)
+        work.append((stream, spec, text_rows(rows, spec, job.store) if role_of(stream) == "text"
+                     else rows[rows[f"has_{role_of(stream)}"].astype(bool)]))
     if job.train.audio_augment and "audio" in roles and version is None:
         noisy = rows[rows["has_audio"].astype(bool) & (rows["split"] != "test")]
         work.append(("audio (augmented copies)", augment_spec(job.encoder("audio"), job.train.audio_augment), noisy))

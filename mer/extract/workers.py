@@ -1,4 +1,4 @@
-"""The two Ray Data steps of extraction: CPU decode tasks and the encoder actor.
+"""The two Ray Data steps of extraction: CPU decode tasks and the encoder actor (or speech recogniser).
 
 Payloads cross the object store as pickled bytes: decoded media (a waveform,
 a stack of face crops, a transcript) and results (a vector plus a ragged seq)
@@ -21,16 +21,25 @@ import numpy as np
 import ray
 from ray.util import metrics
 
-from mer.config import EncoderSpec
+from mer.config import AsrSpec, EncoderSpec
 from mer.encoders import build_encoder
+from mer.encoders.asr import build_transcriber
 
-PASS_THROUGH = ("sample_id", "split", "label")
+PASS_THROUGH = ("sample_id", "split", "label", "text_source")
+
+
+def build_worker(spec_json: str, device: str = "cpu"):
+    """The encoder, or the speech recogniser (``{"asr": ...}``), a pipeline's spec names."""
+    data = json.loads(spec_json)
+    if "asr" in data and len(data) == 1:
+        return build_transcriber(AsrSpec(**data["asr"]), device)
+    return build_encoder(EncoderSpec(**data), device)
 
 
 @functools.lru_cache(maxsize=8)
 def _preparer(spec_json: str):
     """One encoder per process for ``prepare`` (no weights are loaded for it)."""
-    return build_encoder(EncoderSpec(**json.loads(spec_json)))
+    return build_worker(spec_json)
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,7 +111,7 @@ class EncodeActor:
             torch.set_num_threads(threads)
         # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU(s): "cuda" means that GPU.
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        self.encoder = build_encoder(EncoderSpec(**json.loads(spec_json)), device=device)
+        self.encoder = build_worker(spec_json, device)
         self.encoder.ensure_loaded()
         self.tags = {"encoder": self.encoder.alias}
         self.actor = ray.get_runtime_context().get_actor_id() or f"pid{os.getpid()}"
@@ -131,9 +140,8 @@ class EncodeActor:
             if isinstance(res, Exception):
                 errors[i] = _error("encode", res)
                 _metrics()["failures"].inc(tags={"encoder": self.encoder.alias, "stage": "encode"})
-            else:
-                vector, seq = res
-                packed[i] = pickle.dumps((np.asarray(vector, np.float32), seq), protocol=5)
+            else:  # (vector, seq) of an encoder, or a recogniser's Transcript
+                packed[i] = pickle.dumps(res, protocol=5)
         done = sum(1 for p in packed if p)
         if done:
             _metrics()["samples"].inc(done, tags={**self.tags, "role": self.encoder.role})

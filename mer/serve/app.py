@@ -27,6 +27,7 @@ from ray.util import metrics
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from mer.config import AsrSpec
 from mer.corpus.media import MediaError
 from mer.serve.clips import clip_row
 from mer.serve.inputs import (
@@ -50,6 +51,8 @@ class ServeArgs(BaseModel):
     Attributes:
         run_dir: the trained run whose final predictor is served.
         checkpoints: serve the seed ensemble of these checkpoint folders instead.
+        asr: ``AsrSpec`` fields of the recogniser for clips without text when the
+            run has none of its own (``mer serve --asr``).
         max_upload_mb: largest uploaded clip.
         max_seconds: longest clip (media duration).
         allowed_root: folder whose files a JSON ``{"paths": [...]}`` request may
@@ -63,6 +66,7 @@ class ServeArgs(BaseModel):
 
     run_dir: str | None = None
     checkpoints: list[str] = []
+    asr: dict | None = None
     max_upload_mb: float = 50.0
     max_seconds: float = 60.0
     allowed_root: str | None = None
@@ -97,7 +101,9 @@ class MerPredictor:
 
     def __init__(self, args: ServeArgs):
         self.args = args
-        self.predictor = load_predictor(args.run_dir, args.checkpoints)
+        self.predictor = load_predictor(args.run_dir, args.checkpoints, asr=AsrSpec(**args.asr) if args.asr else None)
+        if self.predictor.shift_warning:
+            logger.warning(self.predictor.shift_warning)
         limits = {"max_upload_mb": args.max_upload_mb, "max_seconds": args.max_seconds,
                   "server_paths": args.allowed_root is not None, "max_batch_size": args.max_batch_size}
         self.model = {**self.predictor.describe(), "limits": limits}

@@ -69,6 +69,35 @@ def encode_rows(encoders: dict[str, Encoder], rows: list[dict]) -> tuple[dict[st
     return features, errors
 
 
+def transcribe_rows(transcriber, rows: list[dict], errors: dict[int, str]) -> list[tuple[str, str]]:
+    """Give rows with audio and no text the recogniser's transcript (in place); ``(text_source, transcript)`` per row.
+
+    ``text_source`` is ``input`` for a row that came with text, the recogniser's
+    label (``asr:<engine>:<model>@<version8>``) for a transcribed one (its
+    ``transcript`` empty when no speech was found: the row keeps no text), ""
+    otherwise. A clip the recogniser fails on gets its one-line problem in ``errors``.
+    """
+    sources = [("input", "") if row.get("has_text") else ("", "") for row in rows]
+    if transcriber is None:
+        return sources
+    waves = {}
+    for i, row in enumerate(rows):
+        if i in errors or row.get("has_text") or not row.get("has_audio"):
+            continue
+        try:
+            waves[i] = transcriber.prepare(row)
+        except Exception as exc:  # one bad clip never fails the others
+            errors[i] = f"{row['sample_id']}: decode asr: {_one_line(exc)}"
+    for i, result in zip(waves, _encode_each(transcriber, list(waves.values()))):
+        if isinstance(result, Exception):
+            errors[i] = f"{rows[i]['sample_id']}: asr: {_one_line(result)}"
+            continue
+        sources[i] = (transcriber.label, result.text)
+        if result.text:
+            rows[i] = {**rows[i], "text": result.text, "has_text": True}
+    return sources
+
+
 def _padded(seqs: list[np.ndarray | None], seq_len: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Crop or zero-pad each (L_i, D) sequence to (seq_len, D) float32, with its step mask."""
     out = np.zeros((len(seqs), seq_len, dim), np.float32)

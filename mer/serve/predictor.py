@@ -23,12 +23,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mer.config import ROLES, EncoderSpec, SelftrainConfig, role_of
+from mer.config import ROLES, AsrSpec, EncoderSpec, SelftrainConfig, role_of
 from mer.encoders import Encoder, build_encoder, encoder_class
+from mer.encoders.asr import Transcriber, asr_version, build_transcriber, source_label
 from mer.errors import MerError
 from mer.runfolder import ENSEMBLE, VOTE, FinalPredictor, RunFolder
 from mer.serve.clips import check_row, file_rows, manifest_rows
-from mer.serve.features import clip_data, encode_rows, store_rows
+from mer.serve.features import clip_data, encode_rows, store_rows, transcribe_rows
 from mer.train.checkpoint import load_models
 from mer.train.data import MultiModalData, RoleTable
 from mer.train.learner import predict_proba, to_device
@@ -94,6 +95,32 @@ def _encoders(members: list[Member], device: str) -> dict[str, Encoder]:
     return {s: encoders[s] for s in sorted(encoders, key=lambda s: (ROLES.index(role_of(s)), s))}
 
 
+def _recogniser(text: Encoder | None, asr: AsrSpec | None, device: str) -> tuple[Transcriber | None, str]:
+    """The recogniser for clips that come without text, and the warning its use deserves ("" = none).
+
+    A run whose text features came from a recogniser (``source: asr|auto``)
+    transcribes with that one; a run trained on manifest transcripts uses
+    ``asr`` (``--asr``), else its spec's ``asr``, else none (text absent), and
+    warns that ASR text is a shift from what it was trained on.
+    """
+    if text is None:
+        if asr is not None:
+            raise MerError("the run has no text encoder: a transcript would feed nothing (drop --asr)")
+        return None, ""
+    if text.spec.source != "manifest":
+        own = text.spec.recogniser()
+        if asr is not None and asr_version(asr) != asr_version(own):
+            raise MerError(f"the run's text features come from {source_label(own)}; --asr names another "
+                           "recogniser (drop --asr)")
+        return build_transcriber(own, device), ""
+    asr = asr or text.spec.asr
+    if asr is None:
+        return None, ""
+    return build_transcriber(asr, device), (
+        f"warning: the run's text model was trained on manifest transcripts; clips without text are transcribed "
+        f"by {source_label(asr)}, a shift its scores were not measured on")
+
+
 def amf_weights(model: nn.Module, data: MultiModalData, batch_size: int = BATCH) -> dict[str, np.ndarray]:
     """AMF modality weights of an AGT checkpoint's model (behind its standardiser), role -> (N,); N >= 1."""
     device = next(model.parameters()).device
@@ -111,14 +138,18 @@ class Predictor:
         final: the checkpoints and how they combine (:mod:`mer.serve.final`).
         run_dir: the run folder they come from (for the model id), if any.
         device: ``cpu`` or ``cuda`` (default: cuda when there is one).
+        asr: the recogniser for clips without text when the run has none of its own (see ``_recogniser``).
 
     Attributes:
         labels: the label set, in probability-column order.
         encoders: role -> loaded encoder (the versions the checkpoints recorded).
         members: every checkpoint, grouped by model name.
+        transcriber: the recogniser of clips without text (None: their text is absent).
+        shift_warning: one line to show once when that recogniser is not the one the run was trained with.
     """
 
-    def __init__(self, final: FinalPredictor, run_dir: str | Path | None = None, device: str | None = None):
+    def __init__(self, final: FinalPredictor, run_dir: str | Path | None = None, device: str | None = None,
+                 asr: AsrSpec | None = None):
         device = _device(device)
         self.final = final
         self.run_dir = None if run_dir is None else str(Path(run_dir).absolute())
@@ -133,16 +164,19 @@ class Predictor:
         self.encoders = _encoders(self.members, device)
         for encoder in self.encoders.values():
             encoder.ensure_loaded()
+        text = next((e for s, e in self.encoders.items() if role_of(s) == "text"), None)
+        self.transcriber, self.shift_warning = _recogniser(text, asr, device)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | None = None) -> Predictor:
+    def from_run(cls, run_dir: str | Path, device: str | None = None, asr: AsrSpec | None = None) -> Predictor:
         """The run's final predictor: the self-training vote, else the train stage's seed ensemble."""
-        return cls(RunFolder(run_dir).final_predictor(), run_dir, device)
+        return cls(RunFolder(run_dir).final_predictor(), run_dir, device, asr)
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: list[str | Path], device: str | None = None) -> Predictor:
+    def from_checkpoints(cls, checkpoints: list[str | Path], device: str | None = None,
+                         asr: AsrSpec | None = None) -> Predictor:
         """A seed ensemble of the given checkpoint folders (mean probability over every model)."""
-        return cls(FinalPredictor(ENSEMBLE, [], {"--checkpoint": [Path(c) for c in checkpoints]}), None, device)
+        return cls(FinalPredictor(ENSEMBLE, [], {"--checkpoint": [Path(c) for c in checkpoints]}), None, device, asr)
 
     @property
     def weight_roles(self) -> list[str]:
@@ -166,6 +200,7 @@ class Predictor:
                             for m in self.members},
             "labels": self.labels,
             "encoders": {r: {"alias": e.alias, "version": e.version, "dim": e.dim} for r, e in self.encoders.items()},
+            "asr": self.transcriber.label if self.transcriber else None,
         }
 
     def versions(self) -> dict[str, str]:
@@ -176,7 +211,8 @@ class Predictor:
         """Predict manifest-style rows (``sample_id``, ``video``/``audio`` paths, ``text``).
 
         Rows without ``has_<role>`` flags are checked first
-        (:func:`mer.serve.clips.check_row`). A row that cannot be used gets
+        (:func:`mer.serve.clips.check_row`); a row with audio and no text is
+        transcribed when the predictor has a recogniser. A row that cannot be used gets
         its one-line problem in ``error`` and no probabilities; the others are
         predicted all the same.
 
@@ -187,8 +223,9 @@ class Predictor:
 
         Returns:
             ``sample_id,label,p_<label>...``, ``w_<role>`` (AMF weights averaged
-            over the AGT models, when there are any) and ``error`` ("" when
-            predicted), one row per input row.
+            over the AGT models, when there are any), ``text_source`` and
+            ``transcript`` (see :func:`mer.serve.features.transcribe_rows`) and
+            ``error`` ("" when predicted), one row per input row.
         """
         errors: dict[int, str] = {}
         checked = []
@@ -199,6 +236,7 @@ class Predictor:
                 errors[i] = str(exc)
                 checked.append(row)
         # a row that failed its check has no has_<role> flag, so no encoder touches it
+        texts = transcribe_rows(self.transcriber, checked, errors)
         features, failed = encode_rows(self.encoders, checked)
         errors.update(failed)
         good = [i for i in range(len(rows)) if i not in errors]
@@ -209,6 +247,7 @@ class Predictor:
         frame = self._predict(len(good), kept) if good else pd.DataFrame(columns=columns)
         out = pd.DataFrame({"sample_id": [str(r.get("sample_id", "")) for r in rows]})
         out = out.join(frame[columns].set_index(pd.Index(good)))
+        out["text_source"], out["transcript"] = [t[0] for t in texts], [t[1] for t in texts]
         out["error"] = [errors.get(i, "") for i in range(len(rows))]
         return out
 
@@ -252,22 +291,23 @@ def records(frame: pd.DataFrame) -> list[dict]:
         probs = {c[2:]: float(v) for c, v in row.items() if c.startswith("p_")}
         weights = {c[2:]: float(v) for c, v in row.items() if c.startswith("w_")}
         out.append({"sample_id": row["sample_id"], "label": row["label"], "probabilities": probs,
-                    "modality_weights": weights or None})
+                    "modality_weights": weights or None, "text_source": row["text_source"] or None,
+                    "transcript": row["transcript"] if row["text_source"].startswith("asr:") else None})
     return out
 
 
 def load_predictor(run_dir: str | Path | None, checkpoints: list[str] | tuple[str, ...] = (),
-                   device: str | None = None) -> Predictor:
+                   device: str | None = None, asr: AsrSpec | None = None) -> Predictor:
     """``checkpoints``' seed ensemble when given, else the run's final predictor.
 
     Raises:
         MerError: neither is given.
     """
     if checkpoints:
-        return Predictor.from_checkpoints(list(checkpoints), device)
+        return Predictor.from_checkpoints(list(checkpoints), device, asr)
     if not run_dir:
         raise MerError("give --run RUN_DIR (the run's final predictor) or --checkpoint DIR")
-    return Predictor.from_run(run_dir, device)
+    return Predictor.from_run(run_dir, device, asr)
 
 
 def predict_clips(predictor: Predictor, clips: list[str], texts: list[str], manifest: str | None = None,
@@ -276,7 +316,7 @@ def predict_clips(predictor: Predictor, clips: list[str], texts: list[str], mani
 
     Returns:
         ``(predictions, problems)``: the predicted rows (``sample_id,label,p_<label>...``
-        plus ``w_<role>``), and one line per file or row that could not be used.
+        plus ``w_<role>``, ``text_source``, ``transcript``), and one line per file or row that could not be used.
     """
     rows, problems = file_rows(list(clips), list(texts))
     if manifest:

@@ -141,6 +141,7 @@ def feature_table(rows, schema: pa.Schema, alias: str, version: str) -> pa.Table
         "vector": vec,
         "seq": seq if seq is not None else pa.nulls(n, seq_type),
         "extracted_at": cols.get("extracted_at", pa.array([now] * n, pa.timestamp("us", tz="UTC"))),
+        "text_source": cols.get("text_source", pa.nulls(n, pa.string())),
     }
     arrays = [_as_arrow(data[f.name], f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)

@@ -25,6 +25,7 @@ from mer.store.errors import DimensionError, StoreError, lance_message
 from mer.store.options import failure_cause, store_options
 from mer.store.schema import feature_schema, parse_table_name, table_name, vector_dim
 from mer.store.snapshot import TableSnapshot
+from mer.store.transcripts import TRANSCRIPTS_PREFIX, read_transcripts, write_transcripts
 
 # Lance retries a conflicting commit itself; these extra attempts cover the
 # conflicts it gives up on when many writers append to one table at once.
@@ -134,11 +135,16 @@ class FeatureStore:
         parsed = ((n, parse_table_name(n)) for n in self.table_names())
         return [n for n, p in parsed if p and (alias is None or p[0] == alias)]
 
+    def transcript_tables(self) -> list[str]:
+        """Tables of transcripts made by speech recognition (:mod:`mer.store.transcripts`)."""
+        return [n for n in self.table_names() if n.startswith(TRANSCRIPTS_PREFIX)]
+
     def resolve(self, alias: str, version: str | None = None) -> str:
         """Name of the table an encoder reference means.
 
         Args:
-            alias: an alias (newest version wins), ``alias@version8`` or a full table name.
+            alias: an alias (newest version wins), ``alias@version8`` or a full table name;
+                ``transcripts`` (the newest transcripts table) or a transcripts table's name.
             version: encoder version (full hash or its first 8 characters).
 
         Raises:
@@ -146,7 +152,9 @@ class FeatureStore:
         """
         if version is None and "@" in alias:
             alias, version = alias.split("@", 1)
-        if version is None and parse_table_name(alias):
+        if alias == "transcripts" or alias.startswith(TRANSCRIPTS_PREFIX):  # a recogniser's transcripts
+            candidates = [n for n in self.transcript_tables() if alias in ("transcripts", n)]
+        elif version is None and parse_table_name(alias):
             candidates = [alias] if alias in self.table_names() else []
         elif version is not None:
             name = table_name(alias, version)
@@ -262,7 +270,8 @@ class FeatureStore:
             dim = shape[1]
         seq = rows["seq"] if "seq" in (rows.column_names if isinstance(rows, pa.Table) else rows) else None
         seq_dim = _seq_width(seq) or dim
-        return feature_schema(dim, seq_dtype=seq_dtype, seq_dim=seq_dim)
+        names = rows.column_names if isinstance(rows, pa.Table) else rows
+        return feature_schema(dim, seq_dtype=seq_dtype, seq_dim=seq_dim, text_source="text_source" in names)
 
     def _merge(self, tbl, batch: pa.Table, skip_existing: bool) -> int:
         ids = batch.column("sample_id")
@@ -293,11 +302,7 @@ class FeatureStore:
     # --- read ------------------------------------------------------------
     def existing_ids(self, alias: str, version: str) -> set[str]:
         """sample_ids stored for an encoder version (empty when no table yet)."""
-        name = table_name(alias, version)
-        if name not in self.table_names():
-            return set()
-        col = self.db.open_table(name).to_lance().to_table(columns=["sample_id"]).column("sample_id")
-        return set(col.to_pylist())
+        return self.ids_in(table_name(alias, version))
 
     def read(
         self,
@@ -379,6 +384,22 @@ class FeatureStore:
             labels=labels,
             indexed=any(i.columns == ["vector"] for i in tbl.list_indices()),
         )
+
+    # --- transcripts ------------------------------------------------------
+    def write_transcripts(self, engine: str, version: str, rows: pd.DataFrame) -> int:
+        """Upsert transcripts of one recogniser version (see :mod:`mer.store.transcripts`)."""
+        return write_transcripts(self.db, engine, version, rows)
+
+    def read_transcripts(self, engine: str, version: str) -> pd.DataFrame:
+        """Transcripts of one recogniser version; empty when none were made."""
+        return read_transcripts(self.db, engine, version)
+
+    def ids_in(self, name: str) -> set[str]:
+        """sample_ids of any table of the store (empty when it does not exist)."""
+        if name not in self.table_names():
+            return set()
+        with self.readable(name):
+            return set(self.db.open_table(name).to_lance().to_table(columns=["sample_id"]).column("sample_id").to_pylist())
 
     # --- pseudo labels and runs -------------------------------------------
     def write_pseudo_labels(self, df: pd.DataFrame) -> int:

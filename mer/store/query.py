@@ -16,6 +16,7 @@ from mer.store.ann import build_index, nearest
 from mer.store.errors import StoreError, lance_message
 from mer.store.features import FeatureStore
 from mer.store.schema import parse_table_name, sql_string
+from mer.store.transcripts import TRANSCRIPTS_PREFIX
 
 
 def tables_text(store: FeatureStore) -> str:
@@ -36,7 +37,7 @@ def tables_text(store: FeatureStore) -> str:
 
 
 def get_sample(store: FeatureStore, sample_id: str, encoder: str | None = None, head: int = 5) -> list[dict]:
-    """Metadata and vector summary of one sample in every feature table (or one encoder's).
+    """Metadata and vector summary of one sample in every feature table (or one encoder's), and its transcripts.
 
     Raises:
         StoreError: the sample is in none of the tables searched.
@@ -44,6 +45,9 @@ def get_sample(store: FeatureStore, sample_id: str, encoder: str | None = None, 
     names = [store.resolve(encoder)] if encoder else store.feature_tables()
     found = []
     for name in names:
+        if name.startswith(TRANSCRIPTS_PREFIX):
+            found += _transcripts_of(store, sample_id, [name])
+            continue
         ds = store.db.open_table(name).to_lance()
         cols = [c for c in ds.schema.names if c != "seq"] + ["seq"]
         rows = ds.to_table(columns=cols, filter=f"sample_id = {sql_string(sample_id)}")
@@ -63,11 +67,26 @@ def get_sample(store: FeatureStore, sample_id: str, encoder: str | None = None, 
                 "vector_head": [round(float(v), 4) for v in vec[:head]],
                 "vector_norm": float(np.linalg.norm(vec)),
                 "seq_shape": None if seq is None else (len(seq), len(seq[0]) if seq else 0),
+                **({"text_source": row.column("text_source")[0].as_py()} if "text_source" in cols else {}),
             }
         )
+    if not encoder:
+        found += _transcripts_of(store, sample_id)
     if not found:
         where = f"encoder {encoder!r}" if encoder else f"any of {len(names)} feature tables"
         raise StoreError(f"sample {sample_id!r} not found in {where} of store {store.uri!r}")
+    return found
+
+
+def _transcripts_of(store: FeatureStore, sample_id: str, names: list[str] | None = None) -> list[dict]:
+    """The sample's transcript in each transcripts table (text, language, the recogniser's confidence)."""
+    found = []
+    for name in store.transcript_tables() if names is None else names:
+        rows = store.db.open_table(name).to_lance().to_table(filter=f"sample_id = {sql_string(sample_id)}")
+        if len(rows):
+            row = rows.slice(0, 1).to_pylist()[0]
+            found.append({"table": name, **{k: row[k] for k in ("split", "text", "language", "avg_logprob",
+                                                               "no_speech_prob", "asr_version", "transcribed_at")}})
     return found
 
 

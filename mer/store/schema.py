@@ -45,7 +45,7 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def feature_schema(dim: int, seq_dtype: str = "float32", seq_dim: int | None = None) -> pa.Schema:
+def feature_schema(dim: int, seq_dtype: str = "float32", seq_dim: int | None = None, text_source: bool = False) -> pa.Schema:
     """Schema of a feature table.
 
     Args:
@@ -53,11 +53,15 @@ def feature_schema(dim: int, seq_dtype: str = "float32", seq_dim: int | None = N
         seq_dtype: storage type of ``seq`` values (``float32`` or ``float16``);
             float16 halves the size of the largest column.
         seq_dim: width of one ``seq`` step (default ``dim``).
+        text_source: add ``text_source``, which transcript fed each row of a text
+            encoder whose ``source`` is ``asr`` or ``auto`` (``manifest`` or
+            ``asr:<engine>:<version8>``).
 
     Returns:
         sample_id, split, label (nullable), encoder, encoder_version,
         vector fixed_size_list<float32>[D], seq list<fixed_size_list<seq_dtype>[D]>
-        (nullable: an encoder without a time axis leaves it null), extracted_at.
+        (nullable: an encoder without a time axis leaves it null), extracted_at
+        [, text_source].
     """
     if seq_dtype not in _SEQ_TYPES:
         raise ValueError(f"seq_dtype {seq_dtype!r}: use one of {sorted(_SEQ_TYPES)}")
@@ -73,6 +77,7 @@ def feature_schema(dim: int, seq_dtype: str = "float32", seq_dim: int | None = N
             pa.field("seq", pa.list_(step)),
             pa.field("extracted_at", pa.timestamp("us", tz="UTC"), nullable=False),
         ]
+        + ([pa.field("text_source", pa.string())] if text_source else [])
     )
 
 
