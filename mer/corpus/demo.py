@@ -261,6 +261,7 @@ class ClipSpec:
     voice_intensity: float = 1.0
     face_intensity: float = 1.0
     style: Style = STYLES["demo"]
+    speaker_id: str = ""  # the speaker's index in the corpus (the heldout manifest's ``group``)
 
 
 def make_speakers(seed: int, n: int = N_SPEAKERS) -> list[Speaker]:
@@ -546,10 +547,12 @@ def plan_corpus(n_train: int, n_unlabeled: int, n_test: int, seed: int, balanced
             if look.p_neutral_face <= u < look.p_neutral_face + look.p_occluded_face:
                 face_mode = "occluded"
             pool = seen if split == "train" else speakers
+            speaker = pool[int(rng.integers(len(pool)))]
             spec = ClipSpec(
                 sample_id=f"demo_{index:05d}",
                 emotion=str(emotion),
-                speaker=pool[int(rng.integers(len(pool)))],
+                speaker=speaker,
+                speaker_id=f"speaker{speakers.index(speaker):02d}",
                 seed=int(rng.integers(2**31)),
                 face_mode=face_mode,
                 voice_intensity=float(rng.uniform(0.55, 1.0)),
@@ -593,10 +596,13 @@ def make_demo_corpus(
     manifest = out / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["sample_id", "video", "audio", "text", "label", "split"])
+        # heldout corpora say who speaks (the speaker-independent protocol: folds keep speakers apart)
+        grouped = style == "heldout"
+        w.writerow(["sample_id", "video", "audio", "text", "label", "split", *(["group"] if grouped else [])])
         for spec, split, texts in plan:
             label = "" if split == "unlabeled" else spec.emotion
-            w.writerow([spec.sample_id, f"media/{spec.sample_id}.mp4", "", texts["english"], label, split])
+            w.writerow([spec.sample_id, f"media/{spec.sample_id}.mp4", "", texts["english"], label, split,
+                        *([spec.speaker_id] if grouped else [])])
     with open(out / "unlabeled_truth.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["sample_id", "label"])

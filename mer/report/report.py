@@ -280,9 +280,13 @@ def build_report(run_dir: str | Path) -> dict:
         rows = [[name, fmt_mean_std(sys_["cv"].get("per_seed")), fmt_mean_std((sys_.get("test") or {}).get("waf")),
                  *[fmt_mean_std((sys_.get("test") or {}).get(f"f1_{c}")) for c in focus]]
                 for name, sys_ in systems.items()]
-        scheme = next(iter(systems.values()))["cv"]["scheme"]
+        cv = next(iter(systems.values()))["cv"]
+        apart = ("folds keep the manifest's groups apart" if cv.get("grouped") else
+                 "the manifest has no group column, so folds may share a speaker or a source video: CV is "
+                 "optimistic under speaker or recording shift")
         lines += ["## Supervised systems (mean +- std over seeds, percent)", "",
-                  f"CV = weighted F1 on the labeled train split ({scheme}), the score settings are chosen by; "
+                  f"CV = weighted F1 on the labeled train split ({cv['scheme']}; epochs chosen on an inner split, "
+                  f"the scored rows only score; {apart}), the score settings are chosen by; "
                   "the linear late-fusion baseline is the floor.", ""]
         lines += _table(["system", "CV WAF (train)", "test WAF", *[f"F1 {c}" for c in focus]], rows) + [""]
         report["systems"] = systems

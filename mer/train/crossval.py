@@ -30,17 +30,20 @@ def out_of_fold(states: list[dict], labels: list[str]) -> tuple[dict, pd.DataFra
 
     With K folds every labeled train row is scored once by the fold model that
     never trained on it; with a holdout it is the holdout's score. Neural
-    models also pick their epoch on these rows (early stopping), which makes
-    their score a little optimistic next to ``linear``'s, which picks nothing.
+    models choose their epoch on an inner split of the fold's training rows
+    (:func:`mer.train.learner.choose_rows`), so the scored rows never chose
+    anything and the models are ranked on equal terms with ``linear``, which
+    chooses nothing. ``chosen_on`` says so: ``inner split``, ``nothing``, or
+    ``scored rows`` (too few rows for an inner split: that score is optimistic).
 
     Returns:
-        ``({"weighted_f1", "rows", "scheme"}, frame)`` with the rows'
+        ``({"weighted_f1", "rows", "scheme", "chosen_on"}, frame)`` with the rows'
         ``sample_id,target,p_<label>...`` sorted by id.
     """
     ids = [i for s in states for i in s.get("val", {}).get("ids", [])]
     frame = pd.DataFrame(columns=["sample_id", "target", *[f"p_{c}" for c in labels]])
     if not ids:
-        return {"weighted_f1": None, "rows": 0, "scheme": "none"}, frame
+        return {"weighted_f1": None, "rows": 0, "scheme": "none", "chosen_on": ""}, frame
     targets = np.array([t for s in states for t in s["val"]["targets"]])
     probs = np.array([p for s in states for p in s["val"]["probs"]], np.float64)
     frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in labels])
@@ -49,7 +52,8 @@ def out_of_fold(states: list[dict], labels: list[str]) -> tuple[dict, pd.DataFra
     frame = frame.sort_values("sample_id", kind="stable").reset_index(drop=True)
     score = f1_score(targets, probs.argmax(1), average="weighted", zero_division=0)
     scheme = f"{len(states)}-fold out-of-fold" if len(states) > 1 else "holdout"
-    return {"weighted_f1": float(score), "rows": len(ids), "scheme": scheme}, frame
+    chosen = sorted({s["val"].get("chosen_on", "scored rows") for s in states if s.get("val", {}).get("ids")})
+    return {"weighted_f1": float(score), "rows": len(ids), "scheme": scheme, "chosen_on": ", ".join(chosen)}, frame
 
 
 def cross_validate(data: MultiModalData, labels: list[str], cfg: TrainConfig, model_name: str, seed: int,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -63,7 +64,9 @@ class ReadPlan:
     """Everything a worker needs to read the same snapshot (small, picklable).
 
     ``streaming``: True or False forces a read path; None picks it by the size
-    of the rows a read keeps against ``budget_gb``.
+    of the rows a read keeps against ``budget_gb``. ``groups``: the manifest
+    whose ``group`` column (speaker, source video, session) every split of
+    the rows keeps apart; empty when it has none.
     """
 
     store: str
@@ -71,6 +74,7 @@ class ReadPlan:
     streaming: bool | None
     budget_gb: float
     augment: dict[str, RoleTable] = dataclasses.field(default_factory=dict)
+    groups: str = ""
 
     @property
     def estimated_gb(self) -> float:
@@ -79,7 +83,8 @@ class ReadPlan:
 
     def describe(self) -> dict:
         """JSON-able summary written into checkpoints."""
-        out = {"store": self.store, "streaming": self.streaming, "tables": {r: vars(t) for r, t in self.roles.items()}}
+        out = {"store": self.store, "streaming": self.streaming, "tables": {r: vars(t) for r, t in self.roles.items()},
+               "groups": self.groups}
         if self.augment:
             out["augment"] = {r: vars(t) for r, t in self.augment.items()}
         return out
@@ -107,13 +112,13 @@ def resolve_table(store, role: str, alias: str, encoder_version: str, seq_len: i
 
 
 def make_plan(store: str, tables: dict[str, RoleTable], budget_gb: float, streaming: bool | None = None,
-              augment: dict[str, RoleTable] | None = None) -> ReadPlan:
+              augment: dict[str, RoleTable] | None = None, groups: str = "") -> ReadPlan:
     """A plan over resolved tables; ``streaming=None`` decides by the rows each read keeps."""
-    return ReadPlan(store, dict(sorted(tables.items())), streaming, float(budget_gb), dict(augment or {}))
+    return ReadPlan(store, dict(sorted(tables.items())), streaming, float(budget_gb), dict(augment or {}), groups)
 
 
 def plan_read(store: str, encoders: dict[str, EncoderSpec], train: TrainConfig, budget_gb: float,
-              streaming: bool | None = None) -> ReadPlan:
+              streaming: bool | None = None, manifest: str = "") -> ReadPlan:
     """Resolve encoder specs (stream -> spec) to store tables and pin their newest versions.
 
     Args:
@@ -122,6 +127,8 @@ def plan_read(store: str, encoders: dict[str, EncoderSpec], train: TrainConfig, 
         train: reads ``use_seq`` and ``audio_augment``.
         budget_gb: features up to this size are read into numpy.
         streaming: force a read path (None: by size).
+        manifest: the features' manifest; its ``group`` column, when it has one,
+            keeps groups apart in every fold and holdout.
 
     Raises:
         MerError: no encoders, or a stream's table is not in the store.
@@ -140,7 +147,23 @@ def plan_read(store: str, encoders: dict[str, EncoderSpec], train: TrainConfig, 
     if train.audio_augment and "audio" in encoders:
         ref = feature_ref("audio", augment_spec(encoders["audio"], train.audio_augment))
         augment["audio"] = resolve_table(db, "audio", ref.alias, ref.version, tables["audio"].seq_len)
-    return make_plan(store, tables, budget_gb, streaming, augment)
+    return make_plan(store, tables, budget_gb, streaming, augment, manifest if has_groups(manifest) else "")
+
+
+def has_groups(manifest: str) -> bool:
+    """The manifest has a ``group`` column (its header only is read)."""
+    if not manifest or not Path(manifest).is_file():
+        return False
+    return "group" in pd.read_csv(manifest, nrows=0).columns.str.strip()
+
+
+def read_groups(manifest: str, ids: np.ndarray) -> np.ndarray:
+    """Each id's ``group`` in the manifest (object array; "" where it has none)."""
+    frame = pd.read_csv(manifest, usecols=lambda c: c.strip() in ("sample_id", "group"), dtype=str,
+                        keep_default_na=False)
+    frame.columns = frame.columns.str.strip()
+    found = frame.drop_duplicates("sample_id").set_index("sample_id")["group"].str.strip()
+    return found.reindex(ids).fillna("").to_numpy(dtype=object)
 
 
 def _pad_seq(seq: np.ndarray | None, mask: np.ndarray | None, n: int, seq_len: int, dim: int):
@@ -231,6 +254,8 @@ class MultiModalData:
         roles: stream -> :class:`RoleData`.
         plan: the :class:`ReadPlan` read.
         augment: role -> :class:`RoleData` of its augmented copies (rows -1 where none).
+        group: per joined sample, its manifest ``group`` ("" = none); None when
+            the manifest has no such column.
     """
 
     ids: np.ndarray
@@ -239,6 +264,7 @@ class MultiModalData:
     roles: dict[str, RoleData]
     plan: ReadPlan
     augment: dict[str, RoleData] = dataclasses.field(default_factory=dict)
+    group: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -390,4 +416,5 @@ def read_plan(plan: ReadPlan, splits: str | list[str] | None = None, ids=None) -
         roles={r: RoleData(plan.roles[r], *held[r]) for r in plan.roles},
         plan=dataclasses.replace(plan, streaming=streaming),
         augment={r: RoleData(plan.augment[r], *held[f"augment:{r}"]) for r in plan.augment},
+        group=read_groups(plan.groups, joined["sample_id"].to_numpy().astype(str)) if plan.groups else None,
     )

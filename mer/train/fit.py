@@ -154,6 +154,7 @@ def fit(
         histories.append(state)
         runs.append(storage / run_name)
     cv, oof = out_of_fold(histories, settings.labels)
+    cv["grouped"] = bool(plan.groups)  # folds kept the manifest's groups (speakers, videos) apart
     oof.to_csv(out / OOF_FILE, index=False, float_format="%.6f")
     config = {
         "format": 1,

@@ -21,6 +21,8 @@ from mer.train.settings import FitSettings
 
 #: ``train`` keys that say which fits a stage makes, not how one is made.
 NOT_RECIPE = ("seeds", "model", "baseline")
+#: How rows are cut (2: epochs are chosen on an inner split, the scored rows only score); a change retrains.
+ROWS_SCHEME = 2
 
 
 def digest(obj) -> str:
@@ -85,5 +87,5 @@ def fit_name(fit: FitSettings, plan: ReadPlan, model: str, seed: int, extra: pd.
     The key covers the recipe (:func:`fingerprint`), the store tables and their
     pinned Lance versions, the model, the seed and the exact extra labels.
     """
-    key = digest([fingerprint(fit), plan_tables(plan), model, seed, labels_digest(extra)])[:12]
+    key = digest([fingerprint(fit), plan_tables(plan), model, seed, labels_digest(extra), ROWS_SCHEME])[:12]
     return f"{model}_s{seed}_{key}"

@@ -16,7 +16,7 @@ stopped.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,11 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold, train_test_split
 from torch import nn
 
 from mer.config import ConfigError, TrainConfig
+from mer.errors import MerError
 from mer.models import build_model
 from mer.train.checkpoint import unwrap
 from mer.train.data import AugmentedView, MultiModalData
@@ -35,11 +36,23 @@ from mer.train.data import AugmentedView, MultiModalData
 
 @dataclass
 class Rows:
-    """Joined-sample indices and integer targets for training and validation."""
+    """Joined-sample indices and integer targets: training, scored (``val``) and early-stopping (``stop``) rows.
+
+    ``stop`` is an inner split of the training rows that chooses the epoch, so
+    the ``val`` rows a fold is scored on never chose anything; empty when
+    there are too few rows for one (``val`` then chooses the epoch too, and the
+    score is optimistic: :func:`mer.train.crossval.out_of_fold` says which).
+    """
 
     train: np.ndarray
     val: np.ndarray
     targets: np.ndarray  # (N,) int, -1 = no label
+    stop: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def selection(self) -> np.ndarray:
+        """The rows that choose the epoch."""
+        return self.stop if len(self.stop) else self.val
 
 
 def targets_of(data: MultiModalData, labels: list[str], extra: pd.DataFrame | None) -> np.ndarray:
@@ -61,11 +74,30 @@ def labeled_train(data: MultiModalData, targets: np.ndarray) -> np.ndarray:
     return np.flatnonzero((data.split == "train") & (data.label != None) & (targets >= 0))  # noqa: E711
 
 
-def fold_splitter(y: np.ndarray, folds: int, seed: int):
-    """Stratified K-fold when every class has ``folds`` rows, plain K-fold otherwise."""
+def fold_splitter(y: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None):
+    """Stratified K-fold when every class has ``folds`` rows, plain K-fold otherwise; group-wise with ``groups``.
+
+    Raises:
+        MerError: fewer groups than folds.
+    """
+    if groups is not None:
+        if len(np.unique(groups)) < folds:
+            raise MerError(f"train.folds {folds}: the manifest's group column has only {len(np.unique(groups))} "
+                           "groups among the labeled train rows; use fewer folds")
+        return StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     if np.bincount(y).min(initial=len(y)) >= folds and len(np.unique(y)) > 1:
         return StratifiedKFold(folds, shuffle=True, random_state=seed)
     return KFold(folds, shuffle=True, random_state=seed)
+
+
+def groups_of(data: MultiModalData, rows: np.ndarray) -> np.ndarray | None:
+    """The rows' manifest groups (a row without one is a group of its own); None when the manifest has none."""
+    if data.group is None:
+        return None
+    groups = data.group[rows].astype(object)
+    alone = groups == ""
+    groups[alone] = np.char.add("row:", data.ids[rows][alone].astype(str))
+    return groups
 
 
 def choose_rows(data: MultiModalData, targets: np.ndarray, cfg: TrainConfig, seed: int,
@@ -74,7 +106,9 @@ def choose_rows(data: MultiModalData, targets: np.ndarray, cfg: TrainConfig, see
 
     With ``fold`` set, the labeled train split is cut by a stratified
     ``cfg.folds``-fold split (MERTools' protocol); otherwise a stratified
-    ``val_fraction`` holdout.
+    ``val_fraction`` holdout. Either way the scored rows only score: a
+    stratified ``val_fraction`` of the remaining labeled rows is the inner
+    split that chooses the epoch (``Rows.stop``).
     """
     labeled = labeled_train(data, targets)
     extra_ids = np.asarray([] if extra is None else extra["sample_id"], dtype=str)
@@ -82,17 +116,33 @@ def choose_rows(data: MultiModalData, targets: np.ndarray, cfg: TrainConfig, see
     pseudo = np.setdiff1d(pseudo, labeled)
     y = targets[labeled]
     if fold is not None:
-        train_pos, val_pos = list(fold_splitter(y, cfg.folds, seed).split(labeled, y))[fold]
+        groups = groups_of(data, labeled)
+        train_pos, val_pos = list(fold_splitter(y, cfg.folds, seed, groups).split(labeled, y, groups))[fold]
         train, val = labeled[train_pos], labeled[val_pos]
-    elif cfg.val_fraction > 0 and len(labeled) >= 10:
-        stratify = y if np.bincount(y).min(initial=len(y)) >= 2 and len(np.unique(y)) > 1 else None
-        try:
-            train, val = train_test_split(labeled, test_size=cfg.val_fraction, random_state=seed, stratify=stratify)
-        except ValueError:  # too few samples of a class for a stratified cut
-            train, val = train_test_split(labeled, test_size=cfg.val_fraction, random_state=seed)
     else:
-        train, val = labeled, labeled[:0]
-    return Rows(np.sort(np.concatenate([train, pseudo])), np.sort(val), targets)
+        train, val = _holdout(data, labeled, targets, cfg.val_fraction, seed)
+    train, stop = _holdout(data, train, targets, cfg.val_fraction if len(val) else 0.0, seed + 1)
+    return Rows(np.sort(np.concatenate([train, pseudo])), np.sort(val), targets, np.sort(stop))
+
+
+def _holdout(data: MultiModalData, rows: np.ndarray, targets: np.ndarray, fraction: float,
+             seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified ``fraction`` of ``rows`` held out (none below 10 rows or with ``fraction`` 0), whole groups at a time."""
+    if fraction <= 0 or len(rows) < 10:
+        return rows, rows[:0]
+    y = targets[rows]
+    groups = groups_of(data, rows)
+    if groups is not None:  # the first of round(1 / fraction) stratified group folds
+        k = min(max(2, round(1 / fraction)), len(np.unique(groups)))
+        if k < 2:
+            return rows, rows[:0]
+        keep, held = next(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(rows, y, groups))
+        return rows[keep], rows[held]
+    stratify = y if np.bincount(y).min(initial=len(y)) >= 2 and len(np.unique(y)) > 1 else None
+    try:
+        return tuple(train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify))
+    except ValueError:  # too few samples of a class for a stratified cut
+        return tuple(train_test_split(rows, test_size=fraction, random_state=seed))
 
 
 def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -176,6 +226,8 @@ class Learner:
         self.data, self.rows, self.cfg, self.seed, self.device = data, rows, cfg, seed, device
         torch.manual_seed(seed)
         model = build_model(model_name, data.dims, num_classes, cfg)
+        if hasattr(model.model, "solve") and len(rows.stop):  # a convex model chooses no epoch: train on them too
+            rows = self.rows = Rows(np.sort(np.concatenate([rows.train, rows.stop])), rows.val, rows.targets)
         model.fit(data.batch(chunk) for chunk in np.array_split(rows.train, max(1, len(rows.train) // 1024)))
         self.model = model.to(device)
         self.solvable = hasattr(model.model, "solve")
@@ -193,23 +245,30 @@ class Learner:
     def done(self) -> bool:
         return self.state["done"]
 
-    def validate(self) -> tuple[dict, np.ndarray]:
-        """Weighted F1 and accuracy on the validation rows, and their probabilities."""
-        rows = self.rows
-        if not len(rows.val):
+    def validate(self, index: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+        """Weighted F1 and accuracy on ``index`` (default: the rows that choose the epoch), and their probabilities."""
+        index = self.rows.selection if index is None else index
+        if not len(index):
             return {"val_f1": float("nan"), "val_acc": float("nan")}, np.zeros((0, 0), np.float32)
-        probs = predict_proba(self.model, self.data, rows.val, 256)
-        pred, truth = probs.argmax(1), rows.targets[rows.val]
+        probs = predict_proba(self.model, self.data, index, 256)
+        pred, truth = probs.argmax(1), self.rows.targets[index]
         return {
             "val_f1": float(f1_score(truth, pred, average="weighted", zero_division=0)),
             "val_acc": float(accuracy_score(truth, pred)),
         }, probs
 
     def _held_out(self, probs: np.ndarray) -> dict:
-        """The validation rows' ids, targets and probabilities: a fold's share of the out-of-fold score."""
+        """The scored rows' ids, targets and probabilities (the current weights): a fold's share of the out-of-fold score.
+
+        ``probs`` are the selection rows' when those are the scored rows; with an
+        inner split the scored rows are predicted here.
+        """
         val = self.rows.val
+        if len(self.rows.stop) and len(val):
+            probs = predict_proba(self.model, self.data, val, 256)
         return {"ids": self.data.ids[val].tolist(), "targets": self.rows.targets[val].tolist(),
-                "probs": np.round(probs, 6).tolist()}
+                "probs": np.round(probs, 6).tolist(), "chosen_on": "inner split" if len(self.rows.stop) else
+                "scored rows"}
 
     def solve(self) -> dict:
         """Fit a convex model in one call on the training rows; validate. Returns the metrics."""
@@ -217,8 +276,9 @@ class Learner:
         model.model.solve(model.scale(self.data.batch(rows.train)), rows.targets[rows.train], self.seed)
         metrics, probs = self.validate()
         metrics.update(epoch=0, best_val_f1=metrics["val_f1"], n_train=len(rows.train), n_val=len(rows.val))
+        held_out = {**self._held_out(probs), "chosen_on": "nothing"}  # a convex fit chooses no epoch
         self.state.update(epoch=0, best_f1=metrics["val_f1"], best_epoch=0, done=True, history=[metrics],
-                          val=self._held_out(probs))
+                          val=held_out)
         self.best = _state_dict(model)
         return metrics
 
@@ -252,7 +312,8 @@ class Learner:
         state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.epochs - 1
         metrics.update(epoch=epoch, train_loss=float(np.mean(losses)) if losses else float("nan"),
                        lr=self.scheduler.get_last_lr()[0], epoch_seconds=time.perf_counter() - tick,
-                       best_val_f1=state["best_f1"], n_train=len(rows.train), n_val=len(rows.val))
+                       best_val_f1=state["best_f1"], n_train=len(rows.train), n_val=len(rows.val),
+                       n_stop=len(rows.stop))
         state["history"].append(metrics)
         return metrics
 

@@ -61,7 +61,8 @@ class FitSettings:
 
     def plan(self, streaming: bool | None = None) -> ReadPlan:
         """The streams' tables at their newest versions, pinned (:func:`mer.train.data.plan_read`)."""
-        return plan_read(self.store, self.encoders, self.train, self.execution.memory_budget_gb, streaming)
+        return plan_read(self.store, self.encoders, self.train, self.execution.memory_budget_gb, streaming,
+                         self.manifest)
 
     def load(self, splits: str | list[str] | None = None, streaming: bool | None = None) -> MultiModalData:
         """The streams' features joined on sample_id (all rows, or ``splits``)."""

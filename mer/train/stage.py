@@ -99,4 +99,5 @@ def cv_summary(model: str, checkpoints: list) -> dict:
     scores = [c["weighted_f1"] for c in cvs if c["weighted_f1"] is not None]
     std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
     return {"model": model, "scheme": cvs[0]["scheme"] if cvs else "none", "per_seed": scores,
-            "mean": float(np.mean(scores)) if scores else None, "std": std if scores else None}
+            "mean": float(np.mean(scores)) if scores else None, "std": std if scores else None,
+            "chosen_on": cvs[0].get("chosen_on", "") if cvs else "", "grouped": bool(cvs and cvs[0].get("grouped"))}

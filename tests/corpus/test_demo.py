@@ -96,6 +96,18 @@ def test_label_shift_like_mer_semi():
     assert set(test.values()) == {10}
 
 
+def test_heldout_manifest_names_each_clips_speaker_in_a_group_column(tmp_path):
+    manifest = make_demo_corpus(tmp_path, n_train=12, n_unlabeled=0, n_test=12, seed=101, workers=1, style="heldout")
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    plan = plan_corpus(12, 0, 12, seed=101, style="heldout")
+    assert frame["group"].tolist() == [spec.speaker_id for spec, _, _ in plan]
+    assert frame["group"].str.fullmatch(r"speaker\d\d").all()
+    same = {spec.speaker_id: spec.speaker for spec, _, _ in plan}
+    assert all(same[spec.speaker_id] == spec.speaker for spec, _, _ in plan)  # one id, one voice and look
+    unseen = set(frame.loc[frame["split"] == "test", "group"]) - set(frame.loc[frame["split"] == "train", "group"])
+    assert unseen and "group" not in pd.read_csv(make_demo_corpus(tmp_path / "d", 3, 0, 0, workers=1), nrows=0)
+
+
 def test_text_is_ambiguous_on_part_of_emotional_samples():
     from mer.corpus.demo import NEUTRAL_TEXT, SLOTS
 

@@ -1,5 +1,7 @@
 """Cross-validation on the labeled train split, in process (no Ray): rows, scores, selection."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,6 +38,8 @@ def test_folds_validate_only_labeled_train_rows_and_pseudo_labels_only_train(dat
     for fold in range(5):
         rows = choose_rows(data, targets, cfg, seed=3, fold=fold, extra=extra)
         assert set(rows.val) <= labeled and not set(rows.val) & set(rows.train)
+        # the epoch is chosen on an inner split of the fold's labeled training rows, never on the scored rows
+        assert len(rows.stop) and set(rows.stop) <= labeled and not set(rows.stop) & (set(rows.val) | set(rows.train))
         assert set(np.flatnonzero(np.isin(data.ids, unlabeled))) <= set(rows.train)  # pseudo rows train
         assert not set(np.flatnonzero(data.split == "test")) & (set(rows.train) | set(rows.val))
         seen_val += list(rows.val)
@@ -48,6 +52,8 @@ def test_out_of_fold_scores_every_labeled_row_once_and_is_deterministic(data):
     train_ids = sorted(data.ids[data.split == "train"])
     assert sorted(oof["sample_id"]) == train_ids and score["rows"] == 150
     assert score["scheme"] == "3-fold out-of-fold" and 0.3 < score["weighted_f1"] <= 1.0
+    assert score["chosen_on"] == "inner split"
+    assert cross_validate(data, LABELS, cfg, "linear", seed=0, folds=3)[0]["chosen_on"] == "nothing"
     again, oof2 = cross_validate(data, LABELS, cfg, "concat", seed=0, folds=3)
     assert again == score and oof.equals(oof2)
 
@@ -114,3 +120,30 @@ def test_robust_cv_scores_each_fold_clean_and_without_audio(data):
     assert set(scores) == {"clean", "no_audio"}  # no noisy copies in this store: no noisy score
     assert scores["clean"] == cross_validate(data, LABELS, cfg, "concat", seed=0, folds=3)[0]["weighted_f1"]
     assert scores["no_audio"] < scores["clean"] - 0.05  # the audio carries signal, and the view removes it
+
+
+def test_a_manifest_group_column_keeps_groups_apart_in_folds_holdouts_and_early_stopping(data, tmp_path):
+    from mer.errors import MerError
+    from mer.train.data import read_plan
+
+    ids = data.ids
+    speakers = {sid: f"spk{i % 12}" for i, sid in enumerate(sorted(ids))}
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"sample_id": ids, "split": data.split, " group": [speakers[i] if i[-1] != "7" else "" for i in ids]}
+                 ).to_csv(manifest, index=False)
+    grouped = read_plan(dataclasses.replace(data.plan, groups=str(manifest)))
+    assert (grouped.ids == ids).all() and (grouped.group[[i[-1] != "7" for i in ids]] != "").all()
+    targets = targets_of(grouped, LABELS, None)
+
+    def groups(rows):  # a row without a group is its own
+        return {grouped.group[r] or grouped.ids[r] for r in rows}
+
+    for cfg, folds in ((TrainConfig(folds=5), range(5)), (TrainConfig(val_fraction=0.2), [None])):
+        for fold in folds:
+            rows = choose_rows(grouped, targets, cfg, seed=2, fold=fold, extra=None)
+            assert len(rows.val) and len(rows.stop)
+            assert not groups(rows.val) & groups(rows.train) and not groups(rows.stop) & groups(rows.train)
+            assert not groups(rows.val) & groups(rows.stop)
+    too_many = len(groups(np.flatnonzero(grouped.split == "train"))) + 1
+    with pytest.raises(MerError, match=f"train.folds {too_many}: the manifest's group column has only"):
+        choose_rows(grouped, targets, TrainConfig(folds=too_many), seed=2, fold=0, extra=None)

@@ -219,9 +219,11 @@ def test_pseudo_labels_join_training_never_validation(root):
     targets = targets_of(data, LABELS, extra)
     rows = choose_rows(data, targets, job.train, 0, None, extra)
     in_train = set(data.ids[rows.train])
-    assert set(unl) <= in_train and not set(unl) & set(data.ids[rows.val])
+    assert set(unl) <= in_train and not set(unl) & (set(data.ids[rows.val]) | set(data.ids[rows.stop]))
     assert (targets[np.isin(data.ids, unl)] == LABELS.index("happy")).all()
-    assert len(rows.val) == 60 and len(rows.train) == 240 + 10
+    # 300 labeled: 60 scored, 20 % of the other 240 choose the epoch, the rest (and the pseudo-labels) train
+    assert len(rows.val) == 60 and len(rows.stop) == 48 and len(rows.train) == 192 + 10
+    assert not set(rows.stop) & (set(rows.train) | set(rows.val))
     # present flags follow the store: 10% of video/text rows were left out
     present = data.present()
     assert present["audio"].all() and 0.8 < present["video"].mean() < 0.97
@@ -245,7 +247,8 @@ def test_linear_out_of_fold_score_covers_exactly_the_labeled_train_rows(root):
     assert (merged["target"] == merged["label"]).all()
     waf = f1_score(oof["target"], np.asarray(LABELS)[oof[[f"p_{c}" for c in LABELS]].to_numpy().argmax(1)],
                    average="weighted")
-    assert config["cv"] == {"weighted_f1": pytest.approx(waf, abs=1e-5), "rows": 300, "scheme": "5-fold out-of-fold"}
+    assert config["cv"] == {"weighted_f1": pytest.approx(waf, abs=1e-5), "rows": 300, "scheme": "5-fold out-of-fold",
+                            "chosen_on": "nothing"}
     assert config["weights"] == [f"model_fold{k}.safetensors" for k in range(5)]
     assert [len(h) for h in config["history"]] == [1] * 5  # solved once per fold, no epochs
     pred = predict(ckpt, None, "test")
