@@ -56,7 +56,7 @@ def word_error_rate(manifest: Path, store: str) -> tuple[float, float, int]:
     import pandas as pd
 
     from mer.config import AsrSpec
-    from mer.encoders.asr import asr_version
+    from mer.encoders.versions import asr_version
     from mer.store import open_store
 
     spec = AsrSpec(**ASR)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from mer.stages import STAGES
+
 ROOT = Path(__file__).resolve().parents[1] / "mer"
 #: Modules that take a whole job: the stages, and what starts them (CLI, runner, cluster submission).
-STAGE_MODULES = {
-    "mer.corpus.stage", "mer.extract.stage", "mer.finetune.stage", "mer.train.stage", "mer.selftrain.stage",
-    "mer.experiments.ablation", "mer.experiments.robustness", "mer.tune.search", "mer.report.stage",
-}
+STAGE_MODULES = {stage.target.partition(":")[0] for stage in STAGES.values()}
 EDGE_MODULES = {"mer.cli", "mer.runner", "mer.config", "mer.remote.submit", "mer.remote.client", "mer.remote.manage"}
 #: Steps and executors that never import Ray (DESIGN.md).
 NO_RAY = ("mer.corpus", "mer.encoders", "mer.store", "mer.models", "mer.report", "mer.runfolder", "mer.metrics",

@@ -29,9 +29,6 @@ text features made from it carry it. No Ray here.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -39,10 +36,10 @@ import numpy as np
 
 from mer.config import AsrSpec
 from mer.corpus.media import load_audio
-from mer.encoders.base import EncoderConfigError, audio_path, quiet_transformers, torch_dtype, weights_fingerprint
+from mer.encoders.base import EncoderConfigError, audio_path, quiet_transformers, torch_dtype
+from mer.encoders.versions import DEFAULT_WHISPER, asr_version, source_label
 
 SAMPLE_RATE = 16000
-DEFAULT_WHISPER = "openai/whisper-large-v3"
 #: Languages written without spaces between words: their windows join without one.
 NO_SPACES = ("zh", "ja", "ko", "th", "yue")
 
@@ -218,22 +215,3 @@ def check_asr(spec: AsrSpec) -> None:
         raise EncoderConfigError(f"asr.language: pocketsphinx ships a US-English model only, got {spec.language!r}")
     if spec.chunk_seconds <= 0 or spec.batch_size < 1 or spec.max_new_tokens < 1:
         raise EncoderConfigError("asr: chunk_seconds, batch_size and max_new_tokens must be positive")
-
-
-def source_label(spec: AsrSpec) -> str:
-    """``asr:<engine>:<model>@<version8>``: which recogniser made a transcript (feature rows, predictions)."""
-    model = spec.model or (DEFAULT_WHISPER if spec.engine == "whisper" else "en-us")
-    return f"asr:{spec.engine}:{model}@{asr_version(spec)[:8]}"
-
-
-def asr_version(spec: AsrSpec) -> str:
-    """Hash of what a transcript depends on: engine, weights, language and decoding settings (not the batch size)."""
-    if spec.engine == "pocketsphinx":
-        from importlib.metadata import version
-
-        weights = f"pocketsphinx=={version('pocketsphinx')}:en-us"
-    else:
-        weights = weights_fingerprint(spec.model or DEFAULT_WHISPER)
-    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "model")}
-    blob = json.dumps({"asr": 1, "weights": weights, **fields}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

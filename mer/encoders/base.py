@@ -21,18 +21,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from mer.config import EncoderSpec
 from mer.corpus.media import EmptyMediaError
+from mer.encoders.versions import asr_version, file_digest, weights_fingerprint
 from mer.errors import MerError
 
 #: Bytes read from each weight file at evenly spaced offsets for the fingerprint.
-_SAMPLE_BYTES = 64 * 1024
-_SAMPLES_PER_FILE = 8
 
 
 class EncoderConfigError(MerError, ValueError):
@@ -156,8 +154,6 @@ class Encoder:
             payload["corrupt"] = spec.corrupt
             payload["noise"] = file_digest(spec.noise_source) if spec.noise_source else ""
         if spec.source != "manifest":  # transcripts made by a recogniser: its version is part of ours
-            from mer.encoders.asr import asr_version
-
             payload["text_source"] = [spec.source, asr_version(spec.recogniser())]
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -220,48 +216,6 @@ def torch_dtype(spec_dtype: str, device: str):
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return getattr(torch, spec_dtype)
-
-
-def weights_fingerprint(model: str) -> str:
-    """Cheap identity of a model folder or hub name, without loading it.
-
-    A local folder hashes each file's relative name, size and ``_SAMPLES_PER_FILE``
-    blocks of ``_SAMPLE_BYTES`` read at evenly spaced offsets: names and sizes alone
-    miss a fine-tuned checkpoint of the same architecture (identical sizes), while
-    sampled blocks catch it for about 0.5 MB read per file (not the 26 GB of
-    Baichuan-13B). A hub name uses the cached snapshot's commit when there is one.
-    """
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return f"hub:{model}@{_hub_revision(model)}"
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path).as_posix()}:{size}".encode())
-        with open(file, "rb") as fh:
-            for k in range(_SAMPLES_PER_FILE):
-                fh.seek(max(0, size - _SAMPLE_BYTES) * k // max(1, _SAMPLES_PER_FILE - 1))
-                digest.update(fh.read(_SAMPLE_BYTES))
-    return "dir:" + digest.hexdigest()[:16]
-
-
-def file_digest(path: str) -> str:
-    """sha256 of a whole (small) file, e.g. a noise recording, 16 hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def _hub_revision(name: str) -> str:
-    """Commit of the locally cached snapshot of a hub repo, or ``"main"`` if none."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, local_files_only=True)).name
-    except Exception:  # not cached / offline: the name is all we know
-        return "main"
 
 
 def audio_path(row: dict) -> str:

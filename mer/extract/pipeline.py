@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from mer.config import AsrSpec, EncoderSpec, ExtractConfig
 from mer.encoders import build_encoder, feature_ref
-from mer.encoders.asr import asr_version
+from mer.encoders.versions import asr_version
 from mer.extract.workers import EncodeActor, decode_batch
 from mer.store import open_store
 from mer.store.schema import table_name

@@ -20,7 +20,7 @@ import pandas as pd
 from mer.config import EncoderSpec, ExtractConfig, Job, role_of
 from mer.corpus.stage import clean_rows
 from mer.corpus.validate import append_quarantine
-from mer.encoders.asr import asr_version, source_label
+from mer.encoders.versions import asr_version, source_label
 from mer.errors import MerError
 from mer.extract.pipeline import extract_rows
 from mer.store import open_store

@@ -52,21 +52,29 @@ def encode_rows(encoders: dict[str, Encoder], rows: list[dict]) -> tuple[dict[st
     features = {role: [None] * len(rows) for role in encoders}
     errors: dict[int, str] = {}
     for role, encoder in encoders.items():
-        payloads = {}
-        for i, row in enumerate(rows):
-            if i in errors or not row.get(f"has_{role_of(role)}"):
-                continue
-            try:
-                payloads[i] = encoder.prepare(row)
-            except Exception as exc:  # one bad clip never fails the others
-                errors[i] = f"{row['sample_id']}: decode {role}: {_one_line(exc)}"
-        for i, result in zip(payloads, _encode_each(encoder, list(payloads.values()))):
-            if isinstance(result, Exception):
-                errors[i] = f"{rows[i]['sample_id']}: encode {role}: {_one_line(result)}"
-            else:
-                vector, seq = result
-                features[role][i] = (np.asarray(vector, np.float32), None if seq is None else np.asarray(seq))
+        wanted = [i for i, row in enumerate(rows) if row.get(f"has_{role_of(role)}")]
+        for i, (vector, seq) in _run(encoder, rows, wanted, errors, role).items():
+            features[role][i] = (np.asarray(vector, np.float32), None if seq is None else np.asarray(seq))
     return features, errors
+
+
+def _run(worker, rows: list[dict], wanted: list[int], errors: dict[int, str], name: str) -> dict:
+    """``prepare`` then ``encode`` the wanted rows not yet in ``errors``; row index -> result, failures into ``errors``."""
+    payloads = {}
+    for i in wanted:
+        if i in errors:
+            continue
+        try:
+            payloads[i] = worker.prepare(rows[i])
+        except Exception as exc:  # one bad clip never fails the others
+            errors[i] = f"{rows[i]['sample_id']}: decode {name}: {_one_line(exc)}"
+    results = {}
+    for i, result in zip(payloads, _encode_each(worker, list(payloads.values()))):
+        if isinstance(result, Exception):
+            errors[i] = f"{rows[i]['sample_id']}: encode {name}: {_one_line(result)}"
+        else:
+            results[i] = result
+    return results
 
 
 def transcribe_rows(transcriber, rows: list[dict], errors: dict[int, str]) -> list[tuple[str, str]]:
@@ -80,18 +88,8 @@ def transcribe_rows(transcriber, rows: list[dict], errors: dict[int, str]) -> li
     sources = [("input", "") if row.get("has_text") else ("", "") for row in rows]
     if transcriber is None:
         return sources
-    waves = {}
-    for i, row in enumerate(rows):
-        if i in errors or row.get("has_text") or not row.get("has_audio"):
-            continue
-        try:
-            waves[i] = transcriber.prepare(row)
-        except Exception as exc:  # one bad clip never fails the others
-            errors[i] = f"{row['sample_id']}: decode asr: {_one_line(exc)}"
-    for i, result in zip(waves, _encode_each(transcriber, list(waves.values()))):
-        if isinstance(result, Exception):
-            errors[i] = f"{rows[i]['sample_id']}: asr: {_one_line(result)}"
-            continue
+    wanted = [i for i, row in enumerate(rows) if row.get("has_audio") and not row.get("has_text")]
+    for i, result in _run(transcriber, rows, wanted, errors, "asr").items():
         sources[i] = (transcriber.label, result.text)
         if result.text:
             rows[i] = {**rows[i], "text": result.text, "has_text": True}

@@ -25,7 +25,8 @@ from torch import nn
 
 from mer.config import ROLES, AsrSpec, EncoderSpec, SelftrainConfig, role_of
 from mer.encoders import Encoder, build_encoder, encoder_class
-from mer.encoders.asr import Transcriber, asr_version, build_transcriber, source_label
+from mer.encoders.asr import Transcriber, build_transcriber
+from mer.encoders.versions import asr_version, source_label
 from mer.errors import MerError
 from mer.runfolder import ENSEMBLE, VOTE, FinalPredictor, RunFolder
 from mer.serve.clips import check_row, file_rows, manifest_rows

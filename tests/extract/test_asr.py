@@ -31,7 +31,8 @@ def whisper(tmp_path_factory):
 
 
 def test_whisper_windows_languages_and_the_no_speech_rule(whisper):
-    from mer.encoders.asr import asr_version, build_transcriber
+    from mer.encoders.asr import build_transcriber
+    from mer.encoders.versions import asr_version
 
     rng = np.random.default_rng(0)
     five, one = 0.1 * rng.standard_normal(5 * 16000).astype(np.float32), np.zeros(16000, np.float32)
@@ -104,7 +105,7 @@ def test_whisper_stage_store_text_features_predict_and_serve(tmp_path, whisper, 
 
     from mer.corpus.demo import make_demo_corpus
     from mer.encoders import feature_ref
-    from mer.encoders.asr import source_label
+    from mer.encoders.versions import source_label
     from mer.runner import run_job
     from mer.serve.app import ServeArgs, start
     from mer.serve.predictor import Predictor

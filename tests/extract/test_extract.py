@@ -226,7 +226,8 @@ def test_a_run_that_loses_a_node_reruns_only_the_clips_that_did_not_come_back(mo
 
     def result(batch_ids):
         return {"sample_id": np.array(batch_ids), "split": np.array(["train"] * len(batch_ids)),
-                "label": np.array(["happy"] * len(batch_ids)), "no_face": np.zeros(len(batch_ids), int),
+                "label": np.array(["happy"] * len(batch_ids)), "text_source": np.array([""] * len(batch_ids)),
+                "no_face": np.zeros(len(batch_ids), int),
                 "error": np.array([""] * len(batch_ids)), "gpu": np.array([""] * len(batch_ids)),
                 "result": np.array([pickle.dumps((np.ones(4, np.float32), None)) for _ in batch_ids], object)}
 

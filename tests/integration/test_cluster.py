@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 QUICKSTART = "jobs/quickstart.yaml"
 # Shrink the expensive stages; every key exists whether or not its stage runs.
-SMALL = ["train.epochs=2", "train.seeds=[0]", "selftrain.rounds=1", "extract.num_actors=1"]
+SMALL = ["train.epochs=2", "train.seeds=[0]", "selftrain.rounds=1", "extract.num_actors=1", "train.audio_augment=''"]
 
 
 def _free_port() -> int:

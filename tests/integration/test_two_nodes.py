@@ -212,7 +212,7 @@ TRAIN_DRIVER = textwrap.dedent("""\
         if resumed:
             again = job_from_dict({**data, "run_dir": data["run_dir"] + "_clean", "execution": {
                 **data["execution"], "checkpoint_every_s": 10}})
-            clean = str(fit(again, "agt", seed, again.run_dir + f"/seed{seed}"))
+            clean = str(fit(stage.fit_settings(again), "agt", seed, again.run_dir + f"/seed{seed}"))
         out[seed] = [ckpt, resumed, clean]
     print("RESULT " + json.dumps(out), flush=True)
 """)

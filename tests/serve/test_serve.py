@@ -88,7 +88,8 @@ def test_predict_run_on_mp4_equals_stored_pipeline(run, stored, capsys, tmp_path
                           "--text", test.at[first, "text"], "--out", out, "--store", tmp_path / "store")
     assert code == 0 and "next:" in stdout
     got = pd.read_csv(out).set_index("sample_id")
-    assert list(got.columns) == ["label", *PROBS, "w_audio", "w_video", "w_text"]
+    assert list(got.columns) == ["label", *PROBS, "w_audio", "w_video", "w_text", "text_source", "transcript"]
+    assert got.at[first, "text_source"] == "input"  # the text came with the clip, no recogniser ran
     np.testing.assert_allclose(got.loc[first, PROBS].to_numpy(float), preds.loc[first, PROBS].to_numpy(float), atol=TOL)
     assert got.at[first, "label"] == preds.at[first, "label"]
     assert got.loc[first, ["w_audio", "w_video", "w_text"]].sum() == pytest.approx(1.0, abs=1e-5)

@@ -248,7 +248,7 @@ def test_linear_out_of_fold_score_covers_exactly_the_labeled_train_rows(root):
     waf = f1_score(oof["target"], np.asarray(LABELS)[oof[[f"p_{c}" for c in LABELS]].to_numpy().argmax(1)],
                    average="weighted")
     assert config["cv"] == {"weighted_f1": pytest.approx(waf, abs=1e-5), "rows": 300, "scheme": "5-fold out-of-fold",
-                            "chosen_on": "nothing"}
+                            "chosen_on": "nothing", "grouped": False}
     assert config["weights"] == [f"model_fold{k}.safetensors" for k in range(5)]
     assert [len(h) for h in config["history"]] == [1] * 5  # solved once per fold, no epochs
     pred = predict(ckpt, None, "test")
