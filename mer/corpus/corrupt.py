@@ -106,6 +106,20 @@ def parse(text: str) -> Corruption:
     return Corruption(kind, values[0], values[1] if high else None)
 
 
+def heard_in_training(corruption: Corruption, audio_augment: str) -> bool:
+    """Whether training with ``audio_augment`` (``train.audio_augment``) heard this corruption at this level.
+
+    ``mix@0:20`` covers white, pink, brown, music and hum from 0 to 20 dB; babble, reverb and clipping are
+    never part of it. The robustness report names the conditions this is false for.
+    """
+    if not audio_augment or corruption.kind == "drop" or corruption.role != "audio":
+        return False
+    augment = parse(audio_augment)
+    kinds = MIX_KINDS if augment.kind == "mix" else (augment.kind,)
+    high = augment.level if augment.high is None else augment.high
+    return corruption.kind in kinds and augment.level <= corruption.level <= high
+
+
 def rng_for(sample_id: str, corruption: Corruption) -> np.random.Generator:
     """The clip's own generator: same sample and corruption, same draw."""
     return np.random.default_rng([zlib.crc32(str(sample_id).encode()), zlib.crc32(str(corruption).encode())])

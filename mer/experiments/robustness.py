@@ -17,7 +17,8 @@ Rows of ``run_dir/robustness.json`` are conditions (``clean`` first), columns:
 * ``final``: the self-trained final vote of the selftrain stage (its last
   round's checkpoints, with the same vote weights).
 
-Every cell lists per-seed values (``train.seeds``): WAF and per-class F1.
+Every cell lists per-seed values (``train.seeds``): WAF and per-class F1; every row
+says whether the training recipe saw its condition (``seen_in_training``).
 Babble is speech of other people: ``babble_talkers`` tracks of train-split
 clips laid end to end, summed into one recording (the train clips' speakers
 overlap the test speakers, as in a room of colleagues; the utterances do not).
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from mer.config import Job, role_of
-from mer.corpus.corrupt import SAMPLE_RATE, Corruption, parse
+from mer.corpus.corrupt import SAMPLE_RATE, Corruption, heard_in_training, parse
 from mer.corpus.labels import split_truth
 from mer.corpus.stage import clean_rows
 from mer.encoders import FeatureRef, feature_ref
@@ -166,6 +167,13 @@ def final_cell(job: Job, swap: dict[str, FeatureRef], truth: pd.DataFrame | None
     return seed_cell(per_seed)
 
 
+def seen_in_training(job: Job, corruption: Corruption) -> bool:
+    """A missing role is trained on by modality dropout, noise by ``audio_augment``'s noisy copies."""
+    if corruption.kind == "drop":
+        return job.train.modality_dropout > 0
+    return heard_in_training(corruption, job.train.audio_augment)
+
+
 def reference_job(job: Job) -> Job:
     """The job restricted to ``robustness.reference_roles`` (the models that never hear audio)."""
     roles = job.robustness.reference_roles
@@ -219,7 +227,7 @@ def table(job: Job, models: list[str], fits_dir: Path, echo, with_reference: boo
         if final is not None:
             row["final (self-trained vote)"] = final
         rows.append({"condition": "clean" if role is None else condition_label(role, corruption), "role": role,
-                     "cells": row})
+                     "seen_in_training": role is None or seen_in_training(job, corruption), "cells": row})
         echo(f"   robustness: {rows[-1]['condition']}: " + ", ".join(
             f"{m} {np.mean(c['waf']) * 100:.1f}" for m, c in row.items() if c["waf"]))
     return rows

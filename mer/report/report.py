@@ -177,6 +177,9 @@ def _robustness_section(robustness: dict, focus) -> list[str]:
     lines += [f"F1 of {', '.join(focus)} for {', '.join(columns[:2])}:", ""]
     lines += _table(["condition", *[f"{m} F1 {c}" for m in columns[:2] for c in focus]], focus_rows) + [""]
     lines += ["Best model per condition: " + "; ".join(best) + ".", ""]
+    unseen = [row["condition"] for row in rows[1:] if not row.get("seen_in_training", False)]
+    lines += ["Never seen in training (neither noisy copies nor modality dropout cover them): "
+              + (", ".join(unseen) if unseen else "none") + ".", ""]
     return lines
 
 

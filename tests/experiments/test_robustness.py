@@ -174,6 +174,15 @@ def test_augmented_view_swaps_only_rows_that_have_a_noisy_copy(tmp_path):
     assert data.batch(np.arange(6))["audio"]["vector"].sum() == 0  # validation and prediction read clean rows
 
 
+def test_conditions_say_whether_the_recipe_heard_them():
+    heard, parse = corrupt.heard_in_training, corrupt.parse
+    assert heard(parse("white@10"), "mix@0:20") and heard(parse("hum@0"), "mix@0:20")
+    assert not heard(parse("babble@10"), "mix@0:20")  # other speech is not among mix's noises
+    assert not heard(parse("white@25"), "mix@0:20")  # above the trained SNR range
+    assert not heard(parse("reverb@0.8"), "mix@0:20") and not heard(parse("white@10"), "")
+    assert heard(parse("babble@10"), "babble@10") and not heard(parse("blur@4"), "mix@0:20")
+
+
 def test_robustness_table_from_real_runs(ray_local, tmp_path):
     """validate, extract (with noisy training copies), train (gated AGT), robustness, report on 40 real clips."""
     from mer.corpus.demo import make_demo_corpus
@@ -194,6 +203,8 @@ def test_robustness_table_from_real_runs(ray_local, tmp_path):
     result = json.loads((tmp_path / "run" / "robustness.json").read_text())
     rows = {r["condition"]: r["cells"] for r in result["conditions"]}
     assert list(rows) == ["clean", "audio babble@0", "no audio", "video blur@4", "no text"]
+    seen = {r["condition"]: r["seen_in_training"] for r in result["conditions"]}
+    assert seen == {"clean": True, "audio babble@0": False, "no audio": True, "video blur@4": False, "no text": True}
     assert set(rows["clean"]) == {"agt", "linear", "video+text: linear"}
     assert all(len(cell["waf"]) == 1 for cells in rows.values() for cell in cells.values())
     # audio conditions never touch the video+text model; a video condition does

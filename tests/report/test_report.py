@@ -71,7 +71,8 @@ def run_dir(tmp_path):
                               "video+text: linear": {"waf": ref, "f1_worried": [0.5], "f1_sad": [0.5]}}
     robustness = {"name": "demo", "seeds": [0, 1], "recipe": {"modality_dropout": 0.3},
                   "conditions": [{"condition": "clean", "role": None, "cells": cells([0.8, 0.9], [0.6, 0.6])},
-                                 {"condition": "no audio", "role": "audio", "cells": cells([0.5, 0.5], [0.6, 0.6])}]}
+                                 {"condition": "no audio", "role": "audio", "seen_in_training": False,
+                                  "cells": cells([0.5, 0.5], [0.6, 0.6])}]}
     (tmp_path / "robustness.json").write_text(json.dumps(robustness))
     return tmp_path
 
@@ -108,6 +109,7 @@ def test_report_sections_tables_and_plots(run_dir):
     # robustness: per condition and model, share of clean, best model per condition
     assert "| no audio | 50.00 +- 0.00 | 60.00 +- 0.00 |" in md and "| no audio | 59 % | 100 % |" in md
     assert "clean: agt (85.0); no audio: video+text: linear (60.0)" in md and "modality_dropout 0.3" in md
+    assert "Never seen in training (neither noisy copies nor modality dropout cover them): no audio." in md
     assert "(not run)" in md
     for png in ("waf_per_round.png", "pseudo_labels_per_round.png", "confusion_supervised.png", "confusion_selftrain.png"):
         assert (run_dir / png).stat().st_size > 1000
