@@ -9,6 +9,10 @@ demo-data``), and measures, per encoder, on the same GPU:
   clips/s, the GPU's busy fraction (``nvidia-smi`` sampled every 0.2 s), and which side is the bottleneck
   (decode seconds per clip over the CPUs against the GPU's seconds per clip);
 * a MERTools-style loop (per file: decode, forward one sample, ``np.save``) in this process: clips/s;
+* Whisper-large-v3's shape (d_model 1280, 32 + 32 layers, 20 heads, 128 mel bins; a small byte-level
+  vocabulary, so the output layer is smaller than the real 51,866 tokens) through the ``asr`` stage's
+  machinery (``extract_rows`` with an ``AsrSpec``: decode tasks, one recogniser actor on the GPU, batched
+  ``generate`` of 64 tokens per window): clips/s and busy fraction;
 * AGT training throughput on the GPU (samples/s of ``mer.train.learner.Learner`` epochs on synthetic
   features of the paper encoders' widths: audio 1024, video 768, text 5120, 16 steps each).
 
@@ -37,8 +41,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from extract import make_rows, mertools_loop  # noqa: E402  (benchmarks/ helpers)
+from tiny_whisper import build_tiny_whisper  # noqa: E402  (a random-weight Whisper of any size)
 
 LABELS = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 FULL = {
@@ -48,6 +54,7 @@ FULL = {
                  patch_size=14, image_size=224),
     "baichuan": dict(vocab_size=64000, hidden_size=5120, num_hidden_layers=40, num_attention_heads=40,
                      intermediate_size=13696, model_max_length=4096),
+    "whisper": dict(d_model=1280, layers=32, heads=20, mel_bins=128),  # openai/whisper-large-v3
 }
 TINY = {
     "hubert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
@@ -55,6 +62,7 @@ TINY = {
                  image_size=224),
     "baichuan": dict(vocab_size=1024, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=64, model_max_length=256),
+    "whisper": dict(d_model=64, layers=2, heads=4, mel_bins=80),
 }
 
 
@@ -173,6 +181,24 @@ def measure_encoder(name: str, spec, rows, store: str, work: Path, cuda: bool) -
     }
 
 
+def measure_recogniser(folder: Path, rows, store: str, cuda: bool) -> dict:
+    """The ``asr`` stage's path (decode tasks, one recogniser actor on the device) over the clips."""
+    from mer.config import AsrSpec, ExtractConfig
+    from mer.extract.pipeline import extract_rows
+
+    spec = AsrSpec(engine="whisper", model=str(folder), language="zh", max_new_tokens=64,
+                   dtype="bfloat16" if cuda else "float32")
+    with GpuBusy(cuda) as busy:
+        start = time.perf_counter()
+        summary = extract_rows(rows, spec, store, ExtractConfig(num_actors=1, gpus_per_actor=1.0), progress=False)
+        seconds = time.perf_counter() - start
+    if summary["written"] != len(rows):
+        raise SystemExit(f"whisper: {summary['failed']} of {len(rows)} clips failed to transcribe: {summary}")
+    return {"clips": len(rows), "clips_per_s": round(len(rows) / seconds, 2),
+            "steady_clips_per_s": summary.get("steady_samples_per_s"), "startup_s": summary.get("startup_s"),
+            "gpu_busy_fraction": busy.fraction, "max_new_tokens": spec.max_new_tokens}
+
+
 def measure_training(dims: dict[str, int], n: int, epochs: int, device: str) -> dict:
     """AGT epochs on synthetic features of the paper encoders' widths (in memory, on ``device``)."""
     import torch
@@ -237,9 +263,11 @@ def main() -> None:
     dtype = torch.bfloat16 if cuda else torch.float32
     tick = time.perf_counter()
     folders = build_models(work / "models", sizes, dtype)
+    whisper = build_tiny_whisper(work / "models" / "whisper", **sizes["whisper"])
     result["build_models_s"] = round(time.perf_counter() - tick, 1)
-    for name, folder in folders.items():
-        params = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / (2 if cuda else 4)
+    for name, folder in {**folders, "whisper": whisper}.items():
+        stored = 2 if cuda and name != "whisper" else 4  # bytes per weight: the Whisper folder is float32
+        params = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / stored
         result["sizes"][name] = {"parameters": int(params), **sizes[name]}
     ensure_ray(num_gpus=1 if cuda else 0, include_dashboard=False)
     dt = "bfloat16" if cuda else "float32"
@@ -256,6 +284,8 @@ def main() -> None:
         print(f"{name}: {result['encoders'][name]}", flush=True)
         if name == "baichuan":
             shutil.rmtree(folders["baichuan"])  # 26.5 GB of disk back before training
+    result["whisper"] = measure_recogniser(whisper, rows, str(work / "store"), cuda)
+    print(f"whisper: {result['whisper']}", flush=True)
     ray.shutdown()
     dims = {"audio": 1024, "video": 768, "text": 5120} if not args.tiny else {"audio": 16, "video": 12, "text": 20}
     result["agt_training"] = measure_training(dims, 4096 if cuda else 256, 3 if cuda else 1, "cuda" if cuda else "cpu")

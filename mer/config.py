@@ -177,13 +177,13 @@ class TrainConfig:
     linear_skip: bool = False
     baseline: str | None = "linear"
     class_weighted: bool = True
-    # Regularisers for small labeled sets (all chosen by cross-validation, see README):
+    # Regularisers for small labeled sets (all chosen by cross-validation, see docs/results.md):
     # whole modalities dropped per training sample (never all of a sample's), Gaussian
     # noise on the standardised features, and label smoothing of the loss.
     modality_dropout: float = 0.0
     feature_noise: float = 0.0
     label_smoothing: float = 0.0
-    # Robustness to noisy audio (README, "Robustness"): ``audio_augment`` names a corruption
+    # Robustness to noisy audio (docs/results.md, "Robustness"): ``audio_augment`` names a corruption
     # (mer.corpus.corrupt, e.g. mix@0:20) the extract stage applies to copies of the non-test
     # audio, stored as their own encoder version; each training sample reads its noisy copy
     # with probability ``augment_p``. ``audio_gate`` gives AGT a learned audio-reliability gate.
@@ -257,7 +257,7 @@ class SelftrainConfig:
             ``threshold`` (the same vote as the pseudo-labels'). A sample with no
             confident vote takes the arg-max of the mean probability. 0 lets every
             model's top label vote, so the audio model's unsure worried/sad guesses
-            override the others (measured on the demo: -3.4 WAF, see README).
+            override the others (measured on the demo: -3.4 WAF, docs/results.md).
         voters: ``all`` (the paper: every model votes alike) or ``cv``: each model
             votes with the weight of its cross-validated weighted F1 on the labeled
             train split (``cv`` in its checkpoint, mean over seeds), and a model more

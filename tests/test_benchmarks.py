@@ -24,4 +24,5 @@ def test_gpu_script_tiny_mode_writes_every_figure(tmp_path):
         figures = result["encoders"][name]
         assert figures["clips"] == 8 and figures["mer_clips_per_s"] > 0 and figures["mertools_loop_clips_per_s"] > 0
         assert figures["bottleneck"] in ("decode CPUs", "encoder (GPU)")
+    assert result["whisper"]["clips"] == 8 and result["whisper"]["clips_per_s"] > 0
     assert result["agt_training"]["samples_per_s"] > 0

@@ -32,8 +32,10 @@ def _byte_symbols() -> list[str]:
     return [chr(c) for _, c in sorted(zip(order, codes))]
 
 
-def build_tiny_whisper(folder: Path, d_model: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """Write the processor and model to ``folder``; returns it."""
+def build_tiny_whisper(folder: Path, d_model: int = 64, layers: int = 2, heads: int = 4, mel_bins: int = 80,
+                       seed: int = 0) -> Path:
+    """Write the processor and model to ``folder``; returns it (``benchmarks/gpu.py`` builds Whisper-large-v3's
+    shape with it: d_model 1280, 32 layers, 20 heads, 128 mel bins)."""
     folder = Path(folder)
     vocab = {ch: i for i, ch in enumerate(_byte_symbols())}
     merges = [("Ġ", "t"), ("h", "e")]
@@ -46,13 +48,13 @@ def build_tiny_whisper(folder: Path, d_model: int = 64, layers: int = 2, seed: i
     tokenizer.add_tokens(["<|%.2f|>" % (i * 0.02) for i in range(1501)])
     tokenizer.pad_token = "<|endoftext|>"
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", *specials]}
-    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(folder)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=mel_bins), tokenizer=tokenizer).save_pretrained(folder)
 
     eot, sot, space = ids["<|endoftext|>"], ids["<|startoftranscript|>"], vocab["Ġ"]
     suppress = [ids[t] for t in specials]  # the prompt is forced; control tokens are never generated
     config = WhisperConfig(
-        vocab_size=len(tokenizer), num_mel_bins=80, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model,
+        vocab_size=len(tokenizer), num_mel_bins=mel_bins, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model,
         max_source_positions=1500, max_target_positions=448, pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
         decoder_start_token_id=sot, suppress_tokens=suppress, begin_suppress_tokens=[space, eot],
         tie_word_embeddings=False,

@@ -1,6 +1,6 @@
 """Out-of-fold scores: how settings are compared without touching the test split.
 
-Model selection in mer (``mer tune``, the defaults in the README, the
+Model selection in mer (``mer tune``, the defaults in docs/results.md, the
 generalization benchmark) scores a configuration by stratified K-fold
 cross-validation on the *labeled train split* only: each fold's model never
 sees its validation rows, every labeled train row is scored exactly once, and
