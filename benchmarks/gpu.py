@@ -151,18 +151,25 @@ def _tokenizer(folder: Path) -> None:
     corpus.unlink()
 
 
-def measure_encoder(name: str, spec, rows, store: str, work: Path, cuda: bool) -> dict:
-    """mer's pipeline and a MERTools-style loop over the same clips with one encoder, on one device."""
+def timed_extraction(name: str, spec, rows, store: str, cuda: bool):
+    """``extract_rows`` with one actor on the device: (summary, seconds, busy sampler); every clip must land."""
     from mer.config import ExtractConfig
-    from mer.encoders import build_encoder
     from mer.extract.pipeline import extract_rows
 
     with GpuBusy(cuda) as busy:
         start = time.perf_counter()
         summary = extract_rows(rows, spec, store, ExtractConfig(num_actors=1, gpus_per_actor=1.0), progress=False)
-        mer_s = time.perf_counter() - start
+        seconds = time.perf_counter() - start
     if summary["written"] != len(rows):
-        raise SystemExit(f"{name}: {summary['failed']} of {len(rows)} clips failed to extract: {summary}")
+        raise SystemExit(f"{name}: {summary['failed']} of {len(rows)} clips failed: {summary}")
+    return summary, seconds, busy
+
+
+def measure_encoder(name: str, spec, rows, store: str, work: Path, cuda: bool) -> dict:
+    """mer's pipeline and a MERTools-style loop over the same clips with one encoder, on one device."""
+    from mer.encoders import build_encoder
+
+    summary, mer_s, busy = timed_extraction(name, spec, rows, store, cuda)
     enc = build_encoder(spec)
     decode_s = time.perf_counter()
     for row in rows.head(min(16, len(rows))).to_dict("records"):
@@ -183,17 +190,11 @@ def measure_encoder(name: str, spec, rows, store: str, work: Path, cuda: bool) -
 
 def measure_recogniser(folder: Path, rows, store: str, cuda: bool) -> dict:
     """The ``asr`` stage's path (decode tasks, one recogniser actor on the device) over the clips."""
-    from mer.config import AsrSpec, ExtractConfig
-    from mer.extract.pipeline import extract_rows
+    from mer.config import AsrSpec
 
     spec = AsrSpec(engine="whisper", model=str(folder), language="zh", max_new_tokens=64,
                    dtype="bfloat16" if cuda else "float32")
-    with GpuBusy(cuda) as busy:
-        start = time.perf_counter()
-        summary = extract_rows(rows, spec, store, ExtractConfig(num_actors=1, gpus_per_actor=1.0), progress=False)
-        seconds = time.perf_counter() - start
-    if summary["written"] != len(rows):
-        raise SystemExit(f"whisper: {summary['failed']} of {len(rows)} clips failed to transcribe: {summary}")
+    summary, seconds, busy = timed_extraction("whisper", spec, rows, store, cuda)
     return {"clips": len(rows), "clips_per_s": round(len(rows) / seconds, 2),
             "steady_clips_per_s": summary.get("steady_samples_per_s"), "startup_s": summary.get("startup_s"),
             "gpu_busy_fraction": busy.fraction, "max_new_tokens": spec.max_new_tokens}
