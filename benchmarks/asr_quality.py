@@ -101,8 +101,9 @@ def main() -> None:
     print(f"\nPocketSphinx 5.1.1 (en-us) on espeak-ng speech: WER {rate * 100:.1f} % over {clips} clips "
           f"(mean no-speech share {no_speech:.2f})")
     print(f"\ntest split of {args.n_test} clips, seeds {args.seeds}: weighted F1 mean +- std | F1 worried | F1 sad")
-    print("| text source | text only (linear, minilm) | fused (AGT, logmel + frames + minilm) | fused run (s) |")
-    print("|---|---|---|---|")
+    print("| text source | text only (linear, minilm) | F1 worried | F1 sad | fused (AGT, logmel + frames + minilm) "
+          "| F1 worried | F1 sad | fused run (s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for source, alone, fused, seconds in rows:
         print(f"| {source} | {alone} | {fused} | {seconds:.0f} |")
 
