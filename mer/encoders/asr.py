@@ -91,7 +91,7 @@ class Transcriber:
     @property
     def label(self) -> str:
         """How a transcript's source is named in outputs: ``asr:<engine>:<model>@<version8>``."""
-        return source_label(self.spec)
+        return source_label(self.spec, self.version)
 
 
 class WhisperTranscriber(Transcriber):

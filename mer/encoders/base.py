@@ -30,8 +30,6 @@ from mer.corpus.media import EmptyMediaError
 from mer.encoders.versions import asr_version, file_digest, weights_fingerprint
 from mer.errors import MerError
 
-#: Bytes read from each weight file at evenly spaced offsets for the fingerprint.
-
 
 class EncoderConfigError(MerError, ValueError):
     """Settings that do not fit the model (e.g. a layer index it does not have)."""

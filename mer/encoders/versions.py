@@ -60,10 +60,13 @@ def _hub_revision(name: str) -> str:
         return "main"
 
 
-def source_label(spec: AsrSpec) -> str:
-    """``asr:<engine>:<model>@<version8>``: which recogniser made a transcript (feature rows, predictions)."""
+def source_label(spec: AsrSpec, version: str | None = None) -> str:
+    """``asr:<engine>:<model>@<version8>``: which recogniser made a transcript (feature rows, predictions).
+
+    ``version``: the spec's :func:`asr_version` when the caller has it (it re-reads the weights' samples).
+    """
     model = spec.model or (DEFAULT_WHISPER if spec.engine == "whisper" else "en-us")
-    return f"asr:{spec.engine}:{model}@{asr_version(spec)[:8]}"
+    return f"asr:{spec.engine}:{model}@{(version or asr_version(spec))[:8]}"
 
 
 def asr_version(spec: AsrSpec) -> str:

@@ -46,7 +46,7 @@ def transcribe(rows: pd.DataFrame, spec: EncoderSpec, store_uri: str, cfg: Extra
 
     todo = rows[needs_asr(rows, spec)]
     result = extract_rows(todo, asr, store_uri, cfg, on_failed=quarantine)
-    echo(f"   asr: {source_label(asr)} -> {result['table']}: written {result['written']}, "
+    echo(f"   asr: {source_label(asr, result['version'])} -> {result['table']}: written {result['written']}, "
          f"skipped {result['skipped']} (already stored), failed {result['failed']}")
     return result
 
@@ -65,11 +65,12 @@ def text_rows(rows: pd.DataFrame, spec: EncoderSpec, store_uri: str) -> pd.DataF
         return rows[rows["has_text"].astype(bool)]
     asr = spec.recogniser()
     need = needs_asr(rows, spec)
-    found = open_store(store_uri).read_transcripts(asr.engine, asr_version(asr)).set_index("sample_id")["text"]
+    version = asr_version(asr)
+    found = open_store(store_uri).read_transcripts(asr.engine, version).set_index("sample_id")["text"]
     ids = rows.loc[need, "sample_id"].astype(str)
     rows = rows.assign(text_source="manifest")
     rows.loc[need, "text"] = ids.map(found).to_numpy()
-    rows.loc[need, "text_source"] = source_label(asr)
+    rows.loc[need, "text_source"] = source_label(asr, version)
     usable = (need & rows["text"].fillna("").str.strip().ne("")) | (~need & rows["has_text"].astype(bool))
     return rows[usable]
 

@@ -26,7 +26,7 @@ from torch import nn
 from mer.config import ROLES, AsrSpec, EncoderSpec, SelftrainConfig, role_of
 from mer.encoders import Encoder, build_encoder, encoder_class
 from mer.encoders.asr import Transcriber, build_transcriber
-from mer.encoders.versions import asr_version, source_label
+from mer.encoders.versions import asr_version
 from mer.errors import MerError
 from mer.runfolder import ENSEMBLE, VOTE, FinalPredictor, RunFolder
 from mer.serve.clips import check_row, file_rows, manifest_rows
@@ -109,17 +109,18 @@ def _recogniser(text: Encoder | None, asr: AsrSpec | None, device: str) -> tuple
             raise MerError("the run has no text encoder: a transcript would feed nothing (drop --asr)")
         return None, ""
     if text.spec.source != "manifest":
-        own = text.spec.recogniser()
-        if asr is not None and asr_version(asr) != asr_version(own):
-            raise MerError(f"the run's text features come from {source_label(own)}; --asr names another "
+        own = build_transcriber(text.spec.recogniser(), device)
+        if asr is not None and asr_version(asr) != own.version:
+            raise MerError(f"the run's text features come from {own.label}; --asr names another "
                            "recogniser (drop --asr)")
-        return build_transcriber(own, device), ""
+        return own, ""
     asr = asr or text.spec.asr
     if asr is None:
         return None, ""
-    return build_transcriber(asr, device), (
+    transcriber = build_transcriber(asr, device)
+    return transcriber, (
         f"warning: the run's text model was trained on manifest transcripts; clips without text are transcribed "
-        f"by {source_label(asr)}, a shift its scores were not measured on")
+        f"by {transcriber.label}, a shift its scores were not measured on")
 
 
 def amf_weights(model: nn.Module, data: MultiModalData, batch_size: int = BATCH) -> dict[str, np.ndarray]:

@@ -268,9 +268,9 @@ class FeatureStore:
             if len(shape) != 2:
                 raise DimensionError(f"vector must be a 2-d (N, D) array, got shape {shape}")
             dim = shape[1]
-        seq = rows["seq"] if "seq" in (rows.column_names if isinstance(rows, pa.Table) else rows) else None
-        seq_dim = _seq_width(seq) or dim
         names = rows.column_names if isinstance(rows, pa.Table) else rows
+        seq = rows["seq"] if "seq" in names else None
+        seq_dim = _seq_width(seq) or dim
         return feature_schema(dim, seq_dtype=seq_dtype, seq_dim=seq_dim, text_source="text_source" in names)
 
     def _merge(self, tbl, batch: pa.Table, skip_existing: bool) -> int:

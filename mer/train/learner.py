@@ -226,11 +226,11 @@ class Learner:
         self.data, self.rows, self.cfg, self.seed, self.device = data, rows, cfg, seed, device
         torch.manual_seed(seed)
         model = build_model(model_name, data.dims, num_classes, cfg)
-        if hasattr(model.model, "solve") and len(rows.stop):  # a convex model chooses no epoch: train on them too
+        self.solvable = hasattr(model.model, "solve")
+        if self.solvable and len(rows.stop):  # a convex model chooses no epoch: train on them too
             rows = self.rows = Rows(np.sort(np.concatenate([rows.train, rows.stop])), rows.val, rows.targets)
         model.fit(data.batch(chunk) for chunk in np.array_split(rows.train, max(1, len(rows.train) // 1024)))
         self.model = model.to(device)
-        self.solvable = hasattr(model.model, "solve")
         self.state = {"epoch": -1, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "done": False, "history": []}
         self.best = _state_dict(self.model)
         if self.solvable:
