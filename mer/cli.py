@@ -141,13 +141,13 @@ def _report_validation(manifest, labels: list[str], out, no_media: bool) -> None
     """Validate a manifest, write its quarantine file and print the summary table."""
     from mer.corpus.validate import validate_manifest
 
-    result = validate_manifest(manifest, labels, check_media=not no_media)
+    result = validate_manifest(manifest, labels, check_media=not no_media, keep_clean=False)
     out_dir = Path(out) if out else Path(manifest).parent
     quarantine = result.write_quarantine(out_dir)
     click.echo(result.summary_table())
-    click.echo(f"{len(result.clean)} usable rows, {len(result.quarantine)} quarantined -> {quarantine}"
+    click.echo(f"{result.usable} usable rows, {len(result.quarantine)} quarantined -> {quarantine}"
                + (f"; {len(result.candidates)} candidates" if len(result.candidates) else ""))
-    if result.clean.empty:
+    if not result.usable:
         raise MerError(f"{manifest}: no usable rows (see {quarantine})")
 
 

@@ -11,6 +11,7 @@ quarantines them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -21,26 +22,31 @@ COLUMNS = ["sample_id", "video", "audio", "text", "label", "split"]
 REQUIRED = ["sample_id", "split"]
 MEDIA = ["video", "audio"]
 SPLITS = ("train", "unlabeled", "test")
+CHUNK_ROWS = 20_000
 
 
 class ManifestError(MerError):
     """The file cannot be read as a manifest; the message names the file and the problem."""
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    """Parse CSV (or JSON lines for ``.jsonl``/``.json``) with every value as text."""
+def _raw_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """Parse CSV (or JSON lines for ``.jsonl``/``.json``) ``rows`` at a time, every value as text."""
     try:
         if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-            df = pd.read_json(path, lines=True, dtype=False)
-            df.attrs["first_row"] = 1
+            first_row, reader = 1, pd.read_json(path, lines=True, dtype=False, chunksize=rows)
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", skipinitialspace=True)
-            df.attrs["first_row"] = 2  # line 1 is the header
+            first_row = 2  # line 1 is the header
+            reader = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", skipinitialspace=True,
+                                 chunksize=rows)
+        with reader:
+            for chunk in reader:
+                chunk.attrs["first_row"] = first_row
+                first_row += len(chunk)
+                yield chunk
     except pd.errors.EmptyDataError:
         raise ManifestError(f"{path}: empty file") from None
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise ManifestError(f"{path}: not a readable CSV/JSONL manifest ({' '.join(str(exc).split())})") from None
-    return df
 
 
 def _clean(value) -> str | None:
@@ -57,17 +63,19 @@ def _absolute(value: str | None, base: Path) -> str | None:
     return os.path.abspath(base / os.path.expanduser(value))
 
 
-def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a manifest into a DataFrame with the six contract columns.
+def read_manifest_chunks(path: str | os.PathLike, rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """Read a manifest ``rows`` rows at a time (memory holds one chunk, whatever the file's size).
 
     Args:
         path: CSV (header row) or JSONL (one object per line) file.
+        rows: rows per chunk (default ``CHUNK_ROWS``).
 
-    Returns:
-        DataFrame (object columns) with ``sample_id, video, audio, text, label,
+    Yields:
+        DataFrames (object columns) with ``sample_id, video, audio, text, label,
         split`` first (extra columns kept after them); empty values are None;
-        ``video`` and ``audio`` are absolute paths. ``df.attrs["first_row"]`` is
-        the file line of the first row (for messages that name a row).
+        ``video`` and ``audio`` are absolute paths; the index counts from 0 in
+        each chunk and ``df.attrs["first_row"]`` is the file line of the chunk's
+        first row (for messages that name a row).
 
     Raises:
         ManifestError: missing or unreadable file, no rows, or missing required columns.
@@ -75,21 +83,33 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
-    df = _read_table(path)
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        found = ", ".join(df.columns[:6]) or "none"
-        raise ManifestError(f"{path}: not a manifest: missing required column(s) {', '.join(missing)} (found: {found})")
-    if df.empty:
+    base, empty = path.resolve().parent, True
+    for df in _raw_chunks(path, rows or CHUNK_ROWS):
+        df.columns = [str(c).strip() for c in df.columns]
+        missing = [c for c in REQUIRED if c not in df.columns]
+        if missing:
+            found = ", ".join(df.columns[:6]) or "none"
+            raise ManifestError(f"{path}: not a manifest: missing required column(s) {', '.join(missing)} "
+                                f"(found: {found})")
+        if df.empty:
+            continue
+        empty = False
+        columns = {}
+        for col in COLUMNS + [c for c in df.columns if c not in COLUMNS]:
+            columns[col] = [_clean(v) for v in df[col]] if col in df.columns else [None] * len(df)
+        for col in MEDIA:
+            columns[col] = [_absolute(v, base) for v in columns[col]]
+        # object dtype keeps None as None (pandas' string dtype would turn it into NaN)
+        out = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in columns.items()})
+        out.attrs["first_row"] = df.attrs["first_row"]
+        yield out
+    if empty:
         raise ManifestError(f"{path}: manifest has a header but no rows")
-    columns = {}
-    for col in COLUMNS + [c for c in df.columns if c not in COLUMNS]:
-        columns[col] = [_clean(v) for v in df[col]] if col in df.columns else [None] * len(df)
-    base = path.resolve().parent
-    for col in MEDIA:
-        columns[col] = [_absolute(v, base) for v in columns[col]]
-    # object dtype keeps None as None (pandas' string dtype would turn it into NaN)
-    out = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in columns.items()})
-    out.attrs["first_row"] = df.attrs.get("first_row", 1)
-    return out
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """The whole manifest as one DataFrame (``read_manifest_chunks`` concatenated; same columns and errors)."""
+    chunks = list(read_manifest_chunks(path))
+    df = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+    df.attrs["first_row"] = chunks[0].attrs["first_row"]
+    return df

@@ -17,8 +17,8 @@ Labeled clips become ``split=train``, every other clip ``split=unlabeled``;
 the candidates are marked ``candidate=1`` (and stay unlabeled, so
 self-training may pseudo-label them, as challenge participants do). Paths are
 relative to the manifest. The subtitle file is read in chunks and rows are
-written as they come, so memory holds one chunk plus the names seen, whatever
-the release's size. A clip named in a list but missing on disk keeps its row:
+written as they come, so memory holds one chunk plus the clips' names and
+paths as Arrow arrays (``NameIndex``), whatever the release's size. A clip named in a list but missing on disk keeps its row:
 validation quarantines it with its reason. A missing file or column of the
 release is a one-line error naming it.
 """
@@ -32,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from mer.corpus.names import NameIndex
 from mer.errors import MerError
 
 LAYOUTS = ("mer2025", "mer2024")
@@ -99,18 +102,22 @@ def _read_columns(path: Path, columns: tuple[str, ...], what: str, **kwargs):
     return pd.read_csv(path, usecols=list(columns), dtype=str, keep_default_na=False, encoding="utf-8-sig", **kwargs)
 
 
-def _video_index(folder: Path) -> dict[str, str]:
-    """``name -> file name`` of the clips in ``folder`` (one directory scan)."""
+def _index_folder(index: NameIndex, folder: Path, suffixes: tuple[str, ...], base: Path) -> None:
+    """Add ``name -> path relative to base`` for each clip in ``folder`` (one scan, in chunks, no per-clip stat)."""
     if not folder.is_dir():
-        raise ReleaseError(f"{folder}: missing (the release's video folder)")
+        raise ReleaseError(f"{folder}: missing (the release's {'video' if '.mp4' in suffixes else 'audio'} folder)")
+    prefix = os.path.relpath(folder, base) + "/"
+    names, paths = [], []
     with os.scandir(folder) as entries:
-        return {Path(e.name).stem: e.name for e in entries
-                if e.is_file() and Path(e.name).suffix.lower() in VIDEO_EXTENSIONS}
-
-
-def _relative(files: dict[str, str], folder: Path, base: Path) -> pd.Series:
-    """``name -> path of the file relative to base`` (one relpath for the folder, not one per clip)."""
-    return os.path.relpath(folder, base) + "/" + pd.Series(files, dtype=str)
+        for entry in entries:
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() in suffixes and entry.is_file():
+                names.append(stem)
+                paths.append(prefix + entry.name)
+            if len(names) == CHUNK_ROWS:
+                index.add(names, paths)
+                names, paths = [], []
+    index.add(names, paths)
 
 
 def _subtitle_chunks(root: Path, layout: Layout, language: str) -> Iterator[pd.DataFrame]:
@@ -149,38 +156,34 @@ def import_release(layout_name: str, root: str | os.PathLike, out: str | os.Path
     label_of = dict(zip(labels["name"].str.strip(), labels["discrete"].str.strip()))
     cand_file = Path(candidates) if candidates else (root / layout.candidates if layout.candidates else None)
     chosen = set() if cand_file is None else set(_read_columns(cand_file, ("name",), "the clips to predict")["name"].str.strip())
-    # name -> path relative to the manifest, from one scan per folder (no per-clip stat)
-    videos = _relative(_video_index(root / layout.labeled_videos), root / layout.labeled_videos, out.parent)
-    if layout.other_videos:
-        others = _relative(_video_index(root / layout.other_videos), root / layout.other_videos, out.parent)
-        videos = pd.concat([videos, others[~others.index.isin(videos.index)]])
-    audio = pd.Series(dtype=object)
+    videos, audio = NameIndex(pa.string()), NameIndex(pa.string())  # name -> path relative to the manifest
+    for folder in filter(None, (layout.labeled_videos, layout.other_videos)):
+        _index_folder(videos, root / folder, VIDEO_EXTENSIONS, out.parent)
     if layout.audio:
-        audio_dir = _require(root / layout.audio, "the release's audio folder")
-        with os.scandir(audio_dir) as entries:
-            wavs = {Path(e.name).stem: e.name for e in entries if e.name.lower().endswith(".wav")}
-        audio = _relative(wavs, audio_dir, out.parent)
+        _index_folder(audio, root / layout.audio, (".wav",), out.parent)
     missing_video = os.path.relpath(root / layout.labeled_videos, out.parent)
     summary = ImportSummary(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    seen: set[str] = set()
+    seen = NameIndex()
 
     def rows(names: pd.Series, texts: pd.Series) -> pd.DataFrame:
         """Manifest rows of a chunk of clips, built column by column."""
+        names = names.reset_index(drop=True)
         label = names.map(label_of).fillna("")
         split = label.where(label == "", "train").replace("", "unlabeled")
+        video = videos.get(names).to_pandas()
         chunk = pd.DataFrame({
             "sample_id": names.to_numpy(),
-            "video": names.map(videos).fillna(missing_video + "/" + names + ".mp4").to_numpy(),
-            "audio": names.map(audio).astype(object).fillna("").to_numpy(),
+            "video": video.fillna(missing_video + "/" + names + ".mp4").to_numpy(),
+            "audio": audio.get(names).to_pandas().fillna("").to_numpy(),
             "text": texts.to_numpy(), "label": label.to_numpy(), "split": split.to_numpy(),
             "candidate": names.isin(chosen).map({True: "1", False: ""}).to_numpy(),
         })
         for name, n in chunk["split"].value_counts().items():
             summary.splits[name] = summary.splits.get(name, 0) + int(n)
         summary.candidates += int((chunk["candidate"] == "1").sum())
-        summary.no_video += int((~names.isin(videos.index)).sum())
+        summary.no_video += int(video.isna().sum())
         summary.no_text += int((chunk["text"] == "").sum())
         return chunk
 
@@ -188,12 +191,17 @@ def import_release(layout_name: str, root: str | os.PathLike, out: str | os.Path
         f.write(",".join(MANIFEST_COLUMNS) + "\n")
         for chunk in _subtitle_chunks(root, layout, language):
             names, texts = chunk["name"].str.strip(), chunk["text"].str.strip()
-            fresh = ~names.duplicated() & ~names.isin(seen)
+            fresh = ~names.duplicated() & ~seen.contains(names).to_numpy(zero_copy_only=False)
             rows(names[fresh], texts[fresh]).to_csv(f, header=False, index=False, lineterminator="\n")
-            seen.update(names[fresh])
-        # Clips without a transcript row: on disk, labeled or to be predicted.
-        rest = pd.Series(sorted((set(videos.index) | set(label_of) | chosen) - seen), dtype=str)
-        rows(rest, pd.Series([""] * len(rest), dtype=str)).to_csv(f, header=False, index=False, lineterminator="\n")
+            seen.add(names[fresh])
+        # Clips without a transcript row: on disk, labeled or to be predicted, in name order.
+        every = pa.concat_arrays([videos.names, pa.array(list(label_of) + sorted(chosen), pa.string())]).unique()
+        rest = every.filter(pc.invert(seen.contains(every)))
+        rest = rest.take(pc.array_sort_indices(rest))
+        for start in range(0, len(rest), CHUNK_ROWS):
+            names = rest.slice(start, CHUNK_ROWS).to_pandas()
+            rows(names, pd.Series([""] * len(names), dtype=str)).to_csv(f, header=False, index=False,
+                                                                       lineterminator="\n")
     os.replace(tmp, out)  # complete or absent: a crash leaves no half-written manifest
     summary.rows = sum(summary.splits.values())
     summary.seconds = round(time.perf_counter() - start, 2)

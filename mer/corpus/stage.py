@@ -28,19 +28,21 @@ def run(job: Job, echo=print) -> dict:
         ManifestError: the manifest is not a manifest.
         MerError: no usable row is left.
     """
-    result = validate_manifest(job.manifest, job.labels, check_media=True)
     run_dir = RunFolder(job.run_dir)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    result = validate_manifest(job.manifest, job.labels, check_media=True, clean_out=run_dir.clean_manifest,
+                               keep_clean=False)
     quarantine = result.write_quarantine(run_dir.path)
-    if result.clean.empty:
+    if not result.usable:
+        run_dir.clean_manifest.unlink(missing_ok=True)
         raise MerError(f"{job.manifest}: no usable rows (see {quarantine})")
-    result.clean.to_csv(run_dir.clean_manifest, index=False)
     candidates = result.candidates
     if len(candidates):
         run_dir.write_candidates(candidates)
     echo(result.summary_table())
     return {
-        "rows": {k: int(v) for k, v in result.clean["split"].value_counts().items()},
-        "modalities": {m: int(result.clean[f"has_{m}"].sum()) for m in ("audio", "video", "text")},
+        "rows": {k: int(v) for k, v in result.counts["rows"].items()},
+        "modalities": {m: int(result.counts[m].sum()) for m in ("audio", "video", "text")},
         "quarantined": len(result.quarantine),
         "quarantine": str(quarantine),
         "clean_manifest": str(run_dir.clean_manifest),

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from mer.corpus.manifest import SPLITS, read_manifest
+from mer.corpus.manifest import SPLITS, read_manifest_chunks
+from mer.corpus.names import NameIndex
 from mer.corpus.media import EmptyMediaError, MediaError, MediaInfo, MissingMediaError, check_media
 
 QUARANTINE_FILE = "quarantine.csv"
@@ -33,6 +36,7 @@ LABELED_SPLITS = ("train", "test")
 CANDIDATE_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
 MIN_SECONDS = 0.05
 CHECK_CHUNK = 256  # media checks in flight at once
+MODALITIES = ("audio", "video", "text")
 
 
 @dataclass
@@ -41,18 +45,27 @@ class Validation:
 
     Attributes:
         manifest: the manifest path.
-        clean: usable rows (manifest columns plus ``has_audio``, ``has_video``, ``has_text``).
+        clean: usable rows (manifest columns plus ``has_audio``, ``has_video``,
+            ``has_text``); None when they were written to a file as they came.
         quarantine: rejected rows: ``sample_id, row, reason``.
         labels: the label set checked against.
         candidates: ``sample_id, reason`` of every row marked ``candidate``, in
             manifest order (reason "" for a usable row, else why it was quarantined).
+        counts: usable rows per split: ``rows``, one column per label, and the
+            rows with ``audio``, ``video`` and ``text``.
     """
 
     manifest: str
-    clean: pd.DataFrame
+    clean: pd.DataFrame | None
     quarantine: pd.DataFrame
     labels: list[str] = field(default_factory=list)
     candidates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["sample_id", "reason"]))
+    counts: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def usable(self) -> int:
+        """How many rows are clean."""
+        return int(self.counts["rows"].sum()) if len(self.counts) else 0
 
     def write_quarantine(self, directory: str | os.PathLike) -> Path:
         """Write ``directory/quarantine.csv`` (rows of other stages already there are kept)."""
@@ -66,16 +79,12 @@ class Validation:
 
     def summary_table(self) -> str:
         """Rows per split and label, and per modality present, as a fixed-width text table."""
-        df = self.clean
-        if df.empty:
+        if not self.usable:
             return "no usable rows"
-        labels = df["label"].fillna("(none)")
-        table = pd.crosstab(df["split"], labels)
-        known = [lab for lab in self.labels if lab in table.columns]
-        table = table[known + [c for c in table.columns if c not in self.labels]]
-        table.insert(0, "rows", df.groupby("split").size())
-        for mod in ("audio", "video", "text"):
-            table[mod] = df.groupby("split")[f"has_{mod}"].sum().astype(int)
+        table = self.counts.copy()
+        labels = [c for c in table.columns if c not in ("rows", *MODALITIES)]
+        known = [lab for lab in self.labels if lab in labels]
+        table = table[["rows", *known, *[c for c in labels if c not in known], *MODALITIES]]
         table = table.reindex([s for s in SPLITS if s in table.index])
         table.loc["total"] = table.sum()
         table.index.name, table.columns.name = "split", None
@@ -135,15 +144,22 @@ def _exists(path: str) -> None:
 
 
 def validate_manifest(
-    path: str | os.PathLike, labels: list[str], check_media: bool = True, workers: int = 4
+    path: str | os.PathLike, labels: list[str], check_media: bool = True, workers: int = 4,
+    clean_out: str | os.PathLike | None = None, keep_clean: bool = True,
 ) -> Validation:
     """Validate a manifest; split its rows into clean and quarantined.
+
+    The manifest is read and checked ``CHUNK_ROWS`` rows at a time. With
+    ``keep_clean=False`` memory holds one chunk, the ids seen (``NameIndex``)
+    and the quarantined rows, whatever the manifest's size.
 
     Args:
         path: manifest (CSV or JSONL).
         labels: allowed labels.
         check_media: probe and packet-walk every referenced file (else only existence and size).
         workers: threads checking media (FFmpeg releases the GIL while reading).
+        clean_out: write the clean rows to this CSV as they come (complete or absent).
+        keep_clean: return the clean rows (else ``Validation.clean`` is None).
 
     Returns:
         A ``Validation``.
@@ -151,27 +167,60 @@ def validate_manifest(
     Raises:
         ManifestError: the file is not a manifest.
     """
-    df = read_manifest(path)
-    first_row = df.attrs.get("first_row", 1)
-    label_set = set(labels)
+    seen, parts, columns = NameIndex(pa.int64()), [], None  # sample_id -> its first line
+    out = Path(clean_out) if clean_out else None
+    tmp = out.with_name(f".{out.name}.tmp") if out else None
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") if tmp else nullcontext() as f:
+            for chunk in read_manifest_chunks(path):
+                part = _validate_chunk(chunk, set(labels), seen, check_media, workers)
+                if f is not None:  # JSONL chunks may differ in their extra keys: the first chunk's columns
+                    columns = list(part.clean.columns) if columns is None else columns
+                    part.clean.reindex(columns=columns).to_csv(f, header=not parts, index=False, lineterminator="\n")
+                if not keep_clean:
+                    part.clean = None
+                parts.append(part)
+        if tmp:
+            os.replace(tmp, out)
+    finally:
+        if tmp:
+            tmp.unlink(missing_ok=True)
+
+    def joined(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    counts = pd.concat([p.counts for p in parts]).fillna(0).groupby(level=0, sort=False).sum().astype(int)
+    return Validation(
+        manifest=str(path), clean=joined([p.clean for p in parts]) if keep_clean else None,
+        quarantine=joined([p.quarantine for p in parts]), labels=list(labels),
+        candidates=joined([p.candidates for p in parts]), counts=counts,
+    )
+
+
+def _validate_chunk(df: pd.DataFrame, label_set: set[str], seen: NameIndex, check_media: bool,
+                    workers: int) -> Validation:
+    """One chunk of ``read_manifest_chunks``: its clean rows, quarantine, candidates and counts."""
+    first_row = df.attrs["first_row"]
     reasons: dict[int, str] = {}
-    seen: dict[str, int] = {}
+    earlier = seen.get(list(df["sample_id"])).fill_null(0).to_numpy()  # first line in an earlier chunk
+    here: dict[str, int] = {}
     for i, r in enumerate(df.itertuples(index=False)):
         line = i + first_row
+        first = earlier[i] or here.get(r.sample_id)
         if r.sample_id is None:
             reasons[i] = "missing sample_id"
-        elif r.sample_id in seen:
-            reasons[i] = f"duplicate sample_id (first at row {seen[r.sample_id]})"
+        elif first:
+            reasons[i] = f"duplicate sample_id (first at row {first})"
         elif r.split not in SPLITS:
             reasons[i] = f"unknown split: {r.split!r} (expected one of {', '.join(SPLITS)})"
         elif r.label is not None and r.split != "unlabeled" and r.label not in label_set:
             reasons[i] = f"unknown label: {r.label!r}"
         elif r.label is None and r.split in LABELED_SPLITS:
             reasons[i] = f"missing label: split {r.split} needs one"
-        if r.sample_id is not None and r.sample_id not in seen:
-            seen[r.sample_id] = line
+        if r.sample_id is not None and not first:
+            here[r.sample_id] = line
+    seen.add(list(here), list(here.values()))
     flags = _candidate_flags(df, reasons)
-
     todo = [(i, col, df.at[i, col]) for i in range(len(df)) if i not in reasons for col in ("video", "audio")
             if df.at[i, col] is not None]
     checked = []
@@ -220,7 +269,17 @@ def validate_manifest(
         columns=["sample_id", "row", "reason"],
     )
     clean = df.drop(index=bad).reset_index(drop=True)
-    return Validation(manifest=str(path), clean=clean, quarantine=quarantine, labels=list(labels), candidates=candidates)
+    return Validation(manifest="", clean=clean, quarantine=quarantine, candidates=candidates, counts=_counts(clean))
+
+
+def _counts(clean: pd.DataFrame) -> pd.DataFrame:
+    """Per split: rows, rows per label, rows per modality present (``Validation.counts``)."""
+    by_split = clean.groupby("split", sort=False)
+    table = pd.crosstab(clean["split"], clean["label"].fillna("(none)")) if len(clean) else pd.DataFrame()
+    table.insert(0, "rows", by_split.size())
+    for mod in MODALITIES:
+        table[mod] = by_split[f"has_{mod}"].sum().astype(int)
+    return table
 
 
 def _candidate_flags(df: pd.DataFrame, reasons: dict[int, str]) -> np.ndarray:

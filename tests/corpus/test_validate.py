@@ -202,3 +202,23 @@ def test_a_zero_second_file_is_too_short(monkeypatch):
 
     monkeypatch.setattr(validate, "check_media", lambda path: MediaInfo(duration=0.0, has_audio=True, has_video=True))
     assert validate._media_check("clip.mp4", True) == (None, "too short (0.000 s)")
+
+
+def test_validation_in_chunks_equals_one_pass(dirty, tmp_path, monkeypatch):
+    """Three rows per chunk: duplicates across chunks name the first row, and the counts, quarantine
+    and the streamed clean CSV equal the one-chunk result."""
+    from mer.corpus import manifest
+
+    whole = validate_manifest(dirty, MER2024_LABELS)
+    monkeypatch.setattr(manifest, "CHUNK_ROWS", 3)
+    assert len(list(manifest.read_manifest_chunks(dirty))) == 5  # 15 rows
+    out = tmp_path / "clean.csv"
+    chunked = validate_manifest(dirty, MER2024_LABELS, clean_out=out, keep_clean=False)
+    assert chunked.clean is None and chunked.usable == len(whole.clean) == 7
+    pd.testing.assert_frame_equal(chunked.quarantine, whole.quarantine, check_dtype=False)
+    assert dict(zip(chunked.quarantine["sample_id"], chunked.quarantine["reason"]))["demo_00002"] == (
+        EXPECTED["demo_00002"])  # the first demo_00002 is in another chunk
+    assert chunked.summary_table() == whole.summary_table()
+    written = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(written["sample_id"]) == list(whole.clean["sample_id"])
+    assert not list(tmp_path.glob(".*.tmp"))
