@@ -128,8 +128,11 @@ def vote(
         weights: model name -> vote weight (default 1 each; 0 = no vote).
 
     Returns:
-        DataFrame ``sample_id, label, confidence, votes`` sorted by sample_id;
-        ``votes`` lists the confident votes as ``model:label`` joined by commas.
+        DataFrame ``sample_id, label, confidence, votes, decided_by`` sorted by
+        sample_id; ``votes`` lists the confident votes as ``model:label`` joined
+        by commas; ``decided_by`` names the rule that gave the label (``prior``:
+        the audio model's confident prior class, ``majority``, ``soft``; None
+        without a label).
     """
     if voting not in VOTING_RULES:
         raise VotingError(f"voting: unknown rule '{voting}' (known: {', '.join(VOTING_RULES)})")
@@ -174,11 +177,13 @@ def vote(
         winner = mean_p.argmax(axis=1)
         accepted = mean_p[rows, winner] > tau
         confidence = mean_p[rows, winner]
+        decided_by = np.full(len(ids), "soft", object)
     else:
         # Most (weighted) votes first; among tied labels the higher mean probability.
         tied = np.isclose(counts, counts.max(axis=1, keepdims=True)) & (counts > 0)
         winner = np.where(tied, mean_p, -1.0).argmax(axis=1)
         accepted = n_conf > 0
+        decided_by = np.full(len(ids), "majority", object)
         if voting == "prior":
             a = names.index(audio_model)
             prior_idx = [labels.index(c) for c in prior_classes]
@@ -188,6 +193,7 @@ def vote(
                 others[rows, top[a]] = 0
                 audio_prior &= ~(others.max(axis=1) * 2 > counts.sum(axis=1))
             winner = np.where(audio_prior, top[a], winner)
+            decided_by[audio_prior] = "prior"
         voters = onehot[:, rows, winner].astype(bool)  # (K, N): confident and voted for the winner
         with np.errstate(invalid="ignore"):
             confidence = np.where(voters, probs[:, rows, winner], 0.0).sum(axis=0) / np.maximum(voters.sum(axis=0), 1)
@@ -198,6 +204,7 @@ def vote(
             "label": np.where(accepted, label_arr[winner] if len(ids) else label_arr[:0], None),
             "confidence": np.where(accepted, confidence, np.nan).astype(float),
             "votes": _votes_strings(names, label_arr, top, confident),
+            "decided_by": np.where(accepted, decided_by, None),
         }
     )
     if not keep_unlabeled:
@@ -260,23 +267,29 @@ def models_cv(scores: Mapping[tuple[str, int], float | None], seeds: Sequence[in
 
 
 def final_vote(tables: Mapping[str, pd.DataFrame], labels: Sequence[str], st: SelftrainConfig,
-               weights: Mapping[str, float] | None = None) -> pd.DataFrame:
+               weights: Mapping[str, float] | None = None, paths: bool = False) -> pd.DataFrame:
     """The vote as a predictor: every sample gets a label (the vote, else the mean-probability arg-max).
 
     Threshold ``st.test_threshold`` (unset = ``st.threshold``: the same vote as
     the pseudo-labels'). Probabilities are the (weighted) mean over the voting models.
 
     Returns:
-        ``sample_id,label,p_<label>...`` sorted by id (the predictions CSV format).
+        ``sample_id,label,p_<label>...`` sorted by id (the predictions CSV format);
+        with ``paths``, also ``path`` (``vote:<decided_by>``, or ``vote:mean`` where
+        no model was confident) and ``votes`` (what ``mer serve`` answers with).
     """
     cols = prob_columns(labels)
     tau = st.threshold if st.test_threshold is None else st.test_threshold
     voted = vote(tables, labels, tau=tau, keep_unlabeled=True, **rule_kwargs(st, weights))
     voting_tables = [t for m, t in tables.items() if weights is None or weights.get(m, 0.0) > 0]
     mean = average_seeds(voting_tables, labels)
-    out = mean.merge(voted[["sample_id", "label"]].rename(columns={"label": "voted"}), on="sample_id", how="left")
+    voted = voted.rename(columns={"label": "voted"})
+    out = mean.merge(voted[["sample_id", "voted", "decided_by", "votes"]], on="sample_id", how="left")
     out["label"] = out["voted"].where(out["voted"].notna(), out["label"])
-    return out[["sample_id", "label", *cols]]
+    if not paths:
+        return out[["sample_id", "label", *cols]]
+    out["path"] = "vote:" + out["decided_by"].fillna("mean").astype(str)
+    return out[["sample_id", "label", *cols, "path", "votes"]]
 
 
 def check_rule(st: SelftrainConfig, labels: Sequence[str]) -> None:

@@ -36,6 +36,7 @@ def test_prior_class_goes_to_confident_audio_model_against_majority():
     assert row["votes"] == "agt:happy,attention:happy,unimodal:sad"
     assert row["confidence"] == pytest.approx(0.92)
     assert out.set_index("sample_id").loc["b", "confidence"] == pytest.approx(0.96)
+    assert out["decided_by"].tolist() == ["prior", "majority"]  # the rule that gave each label
 
 
 def test_prior_mode_unless_majority_lets_a_strict_majority_win():

@@ -225,7 +225,11 @@ class Predictor:
 
         Returns:
             ``sample_id,label,p_<label>...``, ``w_<role>`` (AMF weights averaged
-            over the AGT models, when there are any), ``text_source`` and
+            over the AGT models, when there are any), ``path`` (what answered:
+            ``vote:prior``, ``vote:majority``, ``vote:soft``, ``vote:mean`` where no
+            model was confident, or ``ensemble:mean``), ``votes`` (the confident
+            ``model:label`` votes), ``inputs`` (the roles the clip had, e.g.
+            ``video+text`` for a clip without audio), ``text_source`` and
             ``transcript`` (see :func:`mer.serve.features.transcribe_rows`) and
             ``error`` ("" when predicted), one row per input row.
         """
@@ -245,10 +249,11 @@ class Predictor:
         kept = {role: [f[i] for i in good] for role, f in features.items()}
         if store and good:
             store_rows(store, self.encoders, [checked[i] for i in good], kept)
-        columns = ["label", *prob_columns(self.labels), *(f"w_{r}" for r in self.weight_roles)]
+        columns = ["label", *prob_columns(self.labels), *(f"w_{r}" for r in self.weight_roles), "path", "votes"]
         frame = self._predict(len(good), kept) if good else pd.DataFrame(columns=columns)
         out = pd.DataFrame({"sample_id": [str(r.get("sample_id", "")) for r in rows]})
         out = out.join(frame[columns].set_index(pd.Index(good)))
+        out["inputs"] = ["+".join(r for r in ROLES if row.get(f"has_{r}")) for row in checked]
         out["text_source"], out["transcript"] = [t[0] for t in texts], [t[1] for t in texts]
         out["error"] = [errors.get(i, "") for i in range(len(rows))]
         return out
@@ -272,6 +277,7 @@ class Predictor:
             mean = np.mean(every_model, 0)
             frame = pd.DataFrame(mean, columns=prob_columns(self.labels))
             frame["label"] = np.asarray(self.labels, object)[mean.argmax(1)]
+            frame["path"], frame["votes"] = "ensemble:mean", ""
         for role in self.weight_roles:
             frame[f"w_{role}"] = np.mean([w[role] for w in weights], 0)
         return frame.reset_index(drop=True)
@@ -282,18 +288,21 @@ class Predictor:
         cols = prob_columns(self.labels)
         tables = {model: average_seeds([pd.DataFrame(p, columns=cols).assign(sample_id=ids) for _, _, p in items],
                                        self.labels) for model, items in groups.items()}
-        voted = final_vote(tables, self.labels, SelftrainConfig(**self.final.selftrain), self.final.weights)
+        voted = final_vote(tables, self.labels, SelftrainConfig(**self.final.selftrain), self.final.weights,
+                           paths=True)
         return voted.set_index("sample_id").loc[ids].reset_index()
 
 
 def records(frame: pd.DataFrame) -> list[dict]:
-    """Predicted rows as JSON-able dicts: label, probabilities and modality weights per sample."""
+    """Predicted rows as JSON-able dicts: label, probabilities, modality weights and the path that answered."""
     out = []
     for row in frame.to_dict("records"):
         probs = {c[2:]: float(v) for c, v in row.items() if c.startswith("p_")}
         weights = {c[2:]: float(v) for c, v in row.items() if c.startswith("w_")}
         out.append({"sample_id": row["sample_id"], "label": row["label"], "probabilities": probs,
-                    "modality_weights": weights or None, "text_source": row["text_source"] or None,
+                    "modality_weights": weights or None, "path": row["path"], "votes": row["votes"] or None,
+                    "inputs": row["inputs"].split("+") if row["inputs"] else [],
+                    "text_source": row["text_source"] or None,
                     "transcript": row["transcript"] if row["text_source"].startswith("asr:") else None})
     return out
 

@@ -88,7 +88,8 @@ def test_predict_run_on_mp4_equals_stored_pipeline(run, stored, capsys, tmp_path
                           "--text", test.at[first, "text"], "--out", out, "--store", tmp_path / "store")
     assert code == 0 and "next:" in stdout
     got = pd.read_csv(out).set_index("sample_id")
-    assert list(got.columns) == ["label", *PROBS, "w_audio", "w_video", "w_text", "text_source", "transcript"]
+    assert list(got.columns) == ["label", *PROBS, "w_audio", "w_video", "w_text", "path", "votes", "inputs",
+                                 "text_source", "transcript"]
     assert got.at[first, "text_source"] == "input"  # the text came with the clip, no recogniser ran
     np.testing.assert_allclose(got.loc[first, PROBS].to_numpy(float), preds.loc[first, PROBS].to_numpy(float), atol=TOL)
     assert got.at[first, "label"] == preds.at[first, "label"]
@@ -227,6 +228,16 @@ def test_self_trained_run_predicts_with_the_final_vote(run, stored, tmp_path):
     expected = expected.set_index("sample_id").loc[ids]
     np.testing.assert_allclose(got[PROBS].to_numpy(float), expected[PROBS].to_numpy(float), atol=TOL)
     assert got["label"].tolist() == expected["label"].tolist()
+    # the response names the path that answered: every model confident at threshold 0, none at 1
+    paths = final_vote({"agt": table, "unimodal": table}, LABELS, SelftrainConfig(**selftrain), paths=True)
+    assert got["path"].tolist() == paths.set_index("sample_id").loc[ids, "path"].tolist()
+    assert set(got["path"]) <= {"vote:prior", "vote:majority"} and (got["votes"] != "").all()
+    assert got["inputs"].tolist() == ["audio+video+text"] * len(ids)
+    run_dir.publish_final(FinalPredictor(VOTE, LABELS, {"agt": copied, "unimodal": copied}, seeds=[0],
+                                         selftrain={**selftrain, "test_threshold": 1.0}), {})
+    unsure = Predictor.from_run(run_dir.path).predict_rows(rows)
+    assert unsure["path"].tolist() == ["vote:mean"] * len(ids) and (unsure["votes"] == "").all()
+    assert unsure["label"].tolist() == [PROBS[i][2:] for i in unsure[PROBS].to_numpy(float).argmax(1)]
 
 
 def test_selftrain_records_the_final_rounds_checkpoints(job, fake_training):  # noqa: F811
@@ -368,6 +379,8 @@ def test_http_predictions_errors_paths_and_concurrency(run, stored, server, caps
     np.testing.assert_allclose(served, row[PROBS].to_numpy(float), atol=TOL)
     np.testing.assert_allclose([prediction["modality_weights"][r] for r in ("audio", "video", "text")],
                                row[["w_audio", "w_video", "w_text"]].to_numpy(float), atol=TOL)
+    assert prediction["path"] == row["path"] == "ensemble:mean" and prediction["votes"] is None
+    assert prediction["inputs"] == ["audio", "video", "text"]
 
     def probs_of(reply):
         assert reply.status_code == 200, reply.text
