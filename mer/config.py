@@ -158,6 +158,10 @@ class TrainConfig:
     ``linear_skip`` adds a linear late-fusion shortcut to AGT's logits and
     ``audio_gate`` a learned audio-reliability gate (see :mod:`mer.models.agt`). ``baseline`` (default ``linear``, null = none) is fitted beside ``model`` by the
     train stage with the same seeds, so every evaluation shows the floor.
+    ``select`` is which of the two the train stage publishes as the run's
+    predictor: ``model`` (always ``model``) or ``cv`` (the one with the higher
+    mean cross-validated WAF on the labeled train split, the score ``mer tune``
+    ranks by; never the test split).
     """
 
     model: str = "agt"
@@ -176,6 +180,7 @@ class TrainConfig:
     linear_c: float = 0.1
     linear_skip: bool = False
     baseline: str | None = "linear"
+    select: str = "model"
     class_weighted: bool = True
     # Regularisers for small labeled sets (all chosen by cross-validation, see docs/results.md):
     # whole modalities dropped per training sample (never all of a sample's), Gaussian

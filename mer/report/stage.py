@@ -29,14 +29,15 @@ def evaluate(job: Job, echo=print) -> dict:
     predictions = run.predictions("test")
     if not predictions.exists():
         raise MerError(f"{predictions}: no predictions (run the train stage first)")
-    systems = (run.read_if_present(TRAIN) or {}).get("systems", {})
-    main = systems.get(job.train.model, {})
+    trained = run.read_if_present(TRAIN) or {}
+    systems, published = trained.get("systems", {}), trained.get("published", job.train.model)
+    main = systems.get(published, {})
     extra = {"cv_train": main.get("cv"), "systems": systems, "focus_classes": list(job.selftrain.prior_classes)}
     truth, source = split_labels(job.manifest, job.store, job.streams(), "test")
     cv = main.get("cv") or {}
     if truth is None:
         run.write(METRICS, {**extra, "weighted_f1": None, "note": "no labeled test split: cross-validated scores only"})
-        echo(f"   no labeled test split; {job.train.model} cross-validated on train: "
+        echo(f"   no labeled test split; {published} cross-validated on train: "
              + ("-" if cv.get("mean") is None else f"{cv['mean']:.4f} ({cv['scheme']})"))
         return {"weighted_f1": None, "cv_weighted_f1": cv.get("mean"), "files": [str(run / METRICS)]}
     truth_csv = run.truth("test")

@@ -209,6 +209,25 @@ def test_train_stage_outputs_and_evaluate_stage(root, stage_summary, trained):
     assert "| linear |" in report.read_text() and "CV WAF (train)" in report.read_text()
 
 
+def test_select_cv_publishes_the_system_that_cross_validates_better(root):
+    """``train.select: cv``: the published predictor is the higher CV mean on train, and evaluate scores it."""
+    from mer.report.stage import evaluate
+    from mer.train.stage import run
+
+    job = make_job(root, run="selected", select="cv")
+    summary = run(job, echo=lambda _: None)
+    record = json.loads((root / "selected" / "train.json").read_text())
+    cv = {m: s["cv"]["mean"] for m, s in record["systems"].items()}
+    best = max(cv, key=cv.get)
+    assert cv["agt"] != cv["linear"] and record["published"] == summary["model"] == best
+    predictor = json.loads((root / "selected" / "predictor.json").read_text())
+    assert list(predictor["checkpoints"]) == [best]
+    pd.testing.assert_frame_equal(pd.read_csv(root / "selected" / "predictions_test.csv"),
+                                  pd.read_csv(root / "selected" / f"predictions_test_{best}.csv"))
+    evaluate(job, echo=lambda _: None)
+    assert json.loads((root / "selected" / "metrics.json").read_text())["cv_train"]["model"] == best
+
+
 def test_pseudo_labels_join_training_never_validation(root):
     from mer.train.learner import choose_rows, targets_of
 
