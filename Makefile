@@ -28,8 +28,9 @@ demo: $(STAMP)
 	@sed -n '/^## Summary/,/^## Per-class/p' runs/quickstart/report.md | head -n -1
 	@echo "full report: runs/quickstart/report.md (mer report runs/quickstart to re-render)"
 
-# pytest exits 5 when it collected no tests: not a failure of the code.
+# Lint first (seconds); pytest exits 5 when it collected no tests: not a failure of the code.
 test: $(STAMP)
+	$(BIN)/ruff check mer tests benchmarks
 	$(BIN)/python -m pytest -q tests || [ $$? -eq 5 ]
 
 test-fast: $(STAMP)

@@ -196,7 +196,7 @@ def main() -> None:
     scale_run(corpus, 100, work)
     runs = [scale_run(corpus, n, work) for n in (args.n // 10, args.n)]
     small, big = runs
-    lines = [f"[scale] minilm text encoder, 1 actor; peaks: PSS of driver + Ray processes (driver RSS)"]
+    lines = ["[scale] minilm text encoder, 1 actor; peaks: PSS of driver + Ray processes (driver RSS)"]
     for phase in ("validate", "extract", "stream"):
         for r in runs:
             m = r[phase]

@@ -86,7 +86,7 @@ def fake_training(monkeypatch):
 def job(tmp_path):
     manifest = tmp_path / "manifest.csv"
     rows = [{"sample_id": s, "split": "unlabeled", "label": "", "text": "x"} for s in UNLABELED]
-    rows += [{"sample_id": s, "split": "test", "label": l, "text": "x"} for s, l in zip(TEST, PLAN["agt"])]
+    rows += [{"sample_id": s, "split": "test", "label": lab, "text": "x"} for s, lab in zip(TEST, PLAN["agt"])]
     rows += [{"sample_id": "r0", "split": "train", "label": "sad", "text": "x"}]
     pd.DataFrame(rows).to_csv(manifest, index=False)
     truth = tmp_path / "truth.csv"

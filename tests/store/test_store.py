@@ -267,7 +267,7 @@ def test_plain_clients_read_the_tables_as_the_readme_shows(tmp_path):
 
     counts = duckdb.sql("SELECT label, count(*) AS n FROM arrow_table GROUP BY label ORDER BY label").fetchall()
     assert counts == [("angry", 10), ("happy", 10), ("sad", 10)]
-    lance_ds = tbl.to_lance()
+    lance_ds = tbl.to_lance()  # noqa: F841 (duckdb finds it by name in the query below)
     assert duckdb.sql("SELECT count(*) FROM lance_ds WHERE split = 'test'").fetchall() == [(30,)]
 
 
