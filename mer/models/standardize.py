@@ -6,6 +6,15 @@ huge outlier dimensions). A per-sample LayerNorm cannot fix a per-feature scale,
 and an audio-only MLP on raw logmel stayed at chance. MERTools normalises
 features too; the paper is silent. The statistics are buffers, so they travel
 in ``model.safetensors`` and prediction needs nothing else.
+
+A feature that is constant up to float noise (a log energy of silence, a
+padding value) must stay constant: its spread is floored at ``RELATIVE_FLOOR``
+times its mean (and at ``eps``). With only an absolute floor, a column equal to
+5.0 on every clip scaled to 0, while the same column moved by a relative 1e-6
+(another processor's summation order) scaled to N(0, 1) noise: on the demo
+corpus that flipped test predictions of the linear floor (max probability
+change 0.08; with the relative floor 1e-3 and no flip; docs/results.md,
+"Stability").
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ import torch
 from torch import nn
 
 from mer.models.augment import add_noise, drop_modalities
+
+#: A feature's spread below this fraction of its mean is float noise, not signal (see the module docstring).
+RELATIVE_FLOOR = 1e-4
 
 
 class Standardized(nn.Module):
@@ -62,7 +74,8 @@ class Standardized(nn.Module):
             mean = s / n
             std = ((ss / n - mean * mean).clamp(min=0)).sqrt()
             getattr(self, f"{kind}_mean_{role}").copy_(mean.float())
-            getattr(self, f"{kind}_std_{role}").copy_(std.float().clamp(min=eps))
+            floor = (RELATIVE_FLOOR * mean.abs()).clamp(min=eps)
+            getattr(self, f"{kind}_std_{role}").copy_(torch.maximum(std, floor).float())
 
     def scale(self, batch: dict) -> dict:
         """The batch with every role's features standardised; an absent modality is 0 (as modality dropout makes it)."""

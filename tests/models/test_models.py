@@ -107,6 +107,23 @@ def test_standardizer_fits_train_statistics_and_travels_in_state_dict():
     assert torch.equal(again.vector_std_audio, model.vector_std_audio)
 
 
+def test_a_constant_feature_moved_by_float_noise_stays_constant():
+    """A column of 5.0 moved by a relative 1e-6 scales to ~0, not to N(0, 1) noise; a real feature is untouched."""
+    rng = np.random.default_rng(0)
+    real = rng.normal(2.0, 0.5, 200)
+    stats = {}
+    for name, constant in (("exact", np.full(200, 5.0)), ("perturbed", 5.0 * (1 + 1e-6 * rng.normal(size=200)))):
+        model = build_model("concat", {"audio": 2}, 6, TrainConfig(hidden=8))
+        vectors = torch.tensor(np.stack([constant, real], 1), dtype=torch.float32)
+        present = torch.ones(200, dtype=torch.bool)
+        model.fit([{"audio": {"vector": vectors, "present": present}}])
+        stats[name] = model.scale({"audio": {"vector": vectors, "present": present}})["audio"]["vector"]
+    assert stats["exact"][:, 0].abs().max() == 0
+    assert stats["perturbed"][:, 0].abs().max() < 0.1  # without the relative floor: about 3
+    assert torch.allclose(stats["exact"][:, 1], stats["perturbed"][:, 1])
+    assert abs(stats["exact"][:, 1].std(unbiased=False).item() - 1) < 1e-4
+
+
 def test_linear_solves_logistic_regression_per_role_and_fuses_by_mean_probability(tmp_path):
     """``linear`` = sklearn's LogisticRegression per role on z-scored vectors; late fusion averages them."""
     from sklearn.linear_model import LogisticRegression
