@@ -45,10 +45,6 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("docs/img/learning_curve.png"))
     args = parser.parse_args()
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
     from sklearn.metrics import f1_score
 
@@ -99,19 +95,29 @@ def main() -> None:
                 cells.append(f"{np.mean(wafs):.1f} +- {np.std(wafs, ddof=1):.1f} ({worried:.0f}/{sad:.0f})")
             lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
+        plot(curves, [c for c in args.corpora if (c, args.models[0]) in curves], args.sizes, args.models, args.plot)
     print("\ntest WAF mean +- std over seeds (F1 worried / sad), percent\n" + "\n".join(lines))
-    fig, axes = plt.subplots(1, len(args.corpora), figsize=(5 * len(args.corpora), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], args.corpora):
-        for model in args.models:
-            ax.plot(args.sizes, curves[(name, model)], marker="o", label=model)
+
+
+def plot(curves: dict, corpora: list[str], sizes: list[int], models: list[str], out: Path) -> None:
+    """WAF against N, one panel per corpus done so far (rewritten after each corpus: a cut run keeps its figures)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(corpora), figsize=(5 * len(corpora), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], corpora):
+        for model in models:
+            ax.plot(sizes[:len(curves[(name, model)])], curves[(name, model)], marker="o", label=model)
         ax.set(xscale="log", xlabel="labeled clips", ylabel="test WAF (%)", title=name)
         ax.grid(alpha=0.3)
     axes[0][0].legend()
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(args.plot, dpi=120)
-    print(f"wrote {args.plot}")
-
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    print(f"wrote {out}", flush=True)
 
 if __name__ == "__main__":
     main()
