@@ -281,6 +281,10 @@ class RunFolder:
             return pd.DataFrame(columns=["sample_id", "reason"])
         return pd.read_csv(path, dtype=str, keep_default_na=False)
 
+    def published(self, default: str) -> str:
+        """The system the train stage published (``train.json``'s ``published``; ``default`` before it ran)."""
+        return (self.read_if_present(TRAIN) or {}).get("published", default)
+
     def systems(self) -> dict:
         """``train.json``'s systems (model -> checkpoints resolved, CV summary)."""
         record = self.read(TRAIN)

@@ -102,10 +102,10 @@ def _read_columns(path: Path, columns: tuple[str, ...], what: str, **kwargs):
     return pd.read_csv(path, usecols=list(columns), dtype=str, keep_default_na=False, encoding="utf-8-sig", **kwargs)
 
 
-def _index_folder(index: NameIndex, folder: Path, suffixes: tuple[str, ...], base: Path) -> None:
+def _index_folder(index: NameIndex, folder: Path, suffixes: tuple[str, ...], base: Path, what: str) -> None:
     """Add ``name -> path relative to base`` for each clip in ``folder`` (one scan, in chunks, no per-clip stat)."""
     if not folder.is_dir():
-        raise ReleaseError(f"{folder}: missing (the release's {'video' if '.mp4' in suffixes else 'audio'} folder)")
+        raise ReleaseError(f"{folder}: missing (the release's {what} folder)")
     prefix = os.path.relpath(folder, base) + "/"
     names, paths = [], []
     with os.scandir(folder) as entries:
@@ -158,9 +158,9 @@ def import_release(layout_name: str, root: str | os.PathLike, out: str | os.Path
     chosen = set() if cand_file is None else set(_read_columns(cand_file, ("name",), "the clips to predict")["name"].str.strip())
     videos, audio = NameIndex(pa.string()), NameIndex(pa.string())  # name -> path relative to the manifest
     for folder in filter(None, (layout.labeled_videos, layout.other_videos)):
-        _index_folder(videos, root / folder, VIDEO_EXTENSIONS, out.parent)
+        _index_folder(videos, root / folder, VIDEO_EXTENSIONS, out.parent, "video")
     if layout.audio:
-        _index_folder(audio, root / layout.audio, (".wav",), out.parent)
+        _index_folder(audio, root / layout.audio, (".wav",), out.parent, "audio")
     missing_video = os.path.relpath(root / layout.labeled_videos, out.parent)
     summary = ImportSummary(out)
     out.parent.mkdir(parents=True, exist_ok=True)

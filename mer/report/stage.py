@@ -29,8 +29,7 @@ def evaluate(job: Job, echo=print) -> dict:
     predictions = run.predictions("test")
     if not predictions.exists():
         raise MerError(f"{predictions}: no predictions (run the train stage first)")
-    trained = run.read_if_present(TRAIN) or {}
-    systems, published = trained.get("systems", {}), trained.get("published", job.train.model)
+    systems, published = (run.read_if_present(TRAIN) or {}).get("systems", {}), run.published(job.train.model)
     main = systems.get(published, {})
     extra = {"cv_train": main.get("cv"), "systems": systems, "focus_classes": list(job.selftrain.prior_classes)}
     truth, source = split_labels(job.manifest, job.store, job.streams(), "test")

@@ -38,7 +38,7 @@ import pandas as pd
 
 from mer.config import SelftrainConfig
 from mer.metrics import score, seed_cell
-from mer.runfolder import SELFTRAIN, TRAIN, VOTE, FinalPredictor, RunFolder, read_predictions, write_predictions
+from mer.runfolder import SELFTRAIN, VOTE, FinalPredictor, RunFolder, read_predictions, write_predictions
 from mer.train.cache import fit_many, predict_cached
 from mer.train.checkpoint import read_config
 from mer.train.key import digest, fingerprint, labels_digest
@@ -120,8 +120,7 @@ def run_rounds(
     summary = _summarise(fit, st, rid, records, stopped, seeds)
     final = _publish(fit, st, run, trained_on, records[-1].get("vote_weights"))
     summary["final_checkpoints"] = {m: [run.relative(p) for p in paths] for m, paths in final.checkpoints.items()}
-    published = (run.read_if_present(TRAIN) or {}).get("published", fit.train.model)
-    supervised = run.predictions("test", published)
+    supervised = run.predictions("test", run.published(fit.train.model))
     if truth.test is not None and supervised.exists():  # the train stage's published seed ensemble, for the report
         summary["train_stage"] = score(read_predictions(supervised), truth.test, fit.labels)
     run.write(SELFTRAIN, summary)
