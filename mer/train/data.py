@@ -191,9 +191,9 @@ class ArraySource:
         self.seq = seq
         self.seq_mask = seq_mask
 
-    def take(self, rows: np.ndarray):
-        seq = None if self.seq is None else (self.seq[rows], self.seq_mask[rows])
-        return self.vector[rows], seq
+    def take(self, rows: np.ndarray, seq: bool = True):
+        steps = None if self.seq is None or not seq else (self.seq[rows], self.seq_mask[rows])
+        return self.vector[rows], steps
 
 
 class LanceSource:
@@ -219,12 +219,12 @@ class LanceSource:
             self._snapshot = open_store(self.store, create=False).snapshot(self.table.table, self.table.table_version)
         return self._snapshot
 
-    def take(self, rows: np.ndarray):
+    def take(self, rows: np.ndarray, seq: bool = True):
         t = self.table
-        vector, seq = self.snapshot().take(rows, t.seq_len)
-        if seq is None:
+        vector, steps = self.snapshot().take(rows, t.seq_len if seq else 0)
+        if steps is None:
             return vector, None
-        return vector, _pad_seq(*seq, len(rows), t.seq_len, t.dim)
+        return vector, _pad_seq(*steps, len(rows), t.seq_len, t.dim)
 
     def hold(self, rows: np.ndarray) -> tuple[ArraySource, np.ndarray]:
         """The rows at these positions read once into memory, and each position's row in the result."""
@@ -277,8 +277,8 @@ class MultiModalData:
         """Stream -> (N,) bool: which samples have that modality."""
         return {r: d.rows >= 0 for r, d in self.roles.items()}
 
-    def batch(self, index: np.ndarray) -> dict:
-        """Model input for the joined samples at ``index`` (torch tensors)."""
+    def batch(self, index: np.ndarray, seq: bool = True) -> dict:
+        """Model input for the joined samples at ``index`` (torch tensors); ``seq=False`` reads vectors only."""
         index = np.asarray(index)
         out = {}
         for role, data in self.roles.items():
@@ -286,13 +286,13 @@ class MultiModalData:
             present = rows >= 0
             n, dim, seq_len = len(index), data.table.dim, data.table.seq_len
             vector = np.zeros((n, dim), np.float32)
-            v, seq = data.source.take(rows[present])
+            v, steps = data.source.take(rows[present], seq and seq_len > 0)
             vector[present] = v
             entry = {"vector": torch.from_numpy(vector), "present": torch.from_numpy(present)}
-            if seq_len:
+            if seq and seq_len:
                 s = np.zeros((n, seq_len, dim), np.float32)
                 m = np.zeros((n, seq_len), bool)
-                s[present], m[present] = seq
+                s[present], m[present] = steps
                 _vector_as_step(s, m, vector, present)
                 entry["seq"], entry["seq_mask"] = torch.from_numpy(s), torch.from_numpy(m)
             out[role] = entry

@@ -204,6 +204,11 @@ def train_epoch(model, data, targets: np.ndarray, order: np.ndarray, optimizer, 
     return losses
 
 
+def _chunks(rows: np.ndarray, size: int = 1024) -> list[np.ndarray]:
+    """``rows`` in consecutive chunks of about ``size`` (one chunk when fewer)."""
+    return np.array_split(rows, max(1, len(rows) // size))
+
+
 def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in unwrap(model).state_dict().items()}
 
@@ -229,7 +234,7 @@ class Learner:
         self.solvable = hasattr(model.model, "solve")
         if self.solvable and len(rows.stop):  # a convex model chooses no epoch: train on them too
             rows = self.rows = Rows(np.sort(np.concatenate([rows.train, rows.stop])), rows.val, rows.targets)
-        model.fit(data.batch(chunk) for chunk in np.array_split(rows.train, max(1, len(rows.train) // 1024)))
+        model.fit(data.batch(chunk) for chunk in _chunks(rows.train))
         self.model = model.to(device)
         self.state = {"epoch": -1, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "done": False, "history": []}
         self.best = _state_dict(self.model)
@@ -273,7 +278,13 @@ class Learner:
     def solve(self) -> dict:
         """Fit a convex model in one call on the training rows; validate. Returns the metrics."""
         model, rows = self.model, self.rows
-        model.model.solve(model.scale(self.data.batch(rows.train)), rows.targets[rows.train], self.seed)
+        # vectors only (a convex model never reads seq, most of a row's bytes), read and standardised in chunks:
+        # the fit holds one float32 vector per training row, not every row's padded sequence
+        chunks = [model.scale(self.data.batch(chunk, seq=False)) for chunk in _chunks(rows.train)]
+        batch = {role: {key: torch.cat([c[role][key] for c in chunks]) for key in ("vector", "present")}
+                 for role in chunks[0]}
+        del chunks
+        model.model.solve(batch, rows.targets[rows.train], self.seed)
         metrics, probs = self.validate()
         metrics.update(epoch=0, best_val_f1=metrics["val_f1"], n_train=len(rows.train), n_val=len(rows.val))
         held_out = {**self._held_out(probs), "chosen_on": "nothing"}  # a convex fit chooses no epoch

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 
@@ -147,3 +148,34 @@ def test_a_manifest_group_column_keeps_groups_apart_in_folds_holdouts_and_early_
     too_many = len(groups(np.flatnonzero(grouped.split == "train"))) + 1
     with pytest.raises(MerError, match=f"train.folds {too_many}: the manifest's group column has only"):
         choose_rows(grouped, targets, TrainConfig(folds=too_many), seed=2, fold=0, extra=None)
+
+
+def test_linear_solves_on_vectors_read_in_chunks_exactly_as_on_one_full_batch(tmp_path):
+    """The convex fit reads vectors only, 1,024 rows at a time (memory: no padded seq per row), same weights."""
+    from mer.models import build_model
+
+    job = job_from_dict({
+        "name": "chunks", "manifest": str(tmp_path / "none.csv"), "store": str(tmp_path / "store"),
+        "run_dir": str(tmp_path / "run"),
+        "encoders": {"audio": {"alias": "logmel", "seq_len": 3}, "text": {"alias": "minilm", "seq_len": 3}},
+    })
+    write_synthetic_features(job, {"train": 2800, "test": 20}, dims={"audio": 12, "text": 8}, seed=2, noise=3.0,
+                             missing_fraction=0.1)
+    cfg = TrainConfig()
+    for streaming in (False, True):
+        data = fit_settings(job).load(streaming=streaming)
+        rows = choose_rows(data, targets_of(data, LABELS, None), cfg, seed=0, fold=None, extra=None)
+        assert "seq" in data.batch(rows.train[:4])["audio"] and "seq" not in data.batch(rows.train[:4], seq=False)["audio"]
+        learner = Learner("linear", data, rows, cfg, 6, seed=0)
+        reads, batch = [], data.batch
+        data.batch = lambda index, seq=True: reads.append((len(index), seq)) or batch(index, seq)
+        learner.solve()
+        del data.batch
+        fit = [n for n, seq in reads if not seq]  # the solve's reads; the rest validate, 256 rows a batch
+        assert sum(fit) == len(learner.rows.train) and max(fit) < 2048 and all(n <= 256 for n, seq in reads if seq)
+        assert len(learner.rows.train) >= 2048  # two chunks or more
+        reference = build_model("linear", data.dims, 6, cfg)
+        reference.load_state_dict(Learner("linear", data, rows, cfg, 6, seed=0).model.state_dict())  # fitted scaler
+        reference.model.solve(reference.scale(data.batch(learner.rows.train)), learner.rows.targets[learner.rows.train], 0)
+        for key, value in reference.state_dict().items():
+            assert torch.equal(value, learner.model.state_dict()[key]), (streaming, key)
