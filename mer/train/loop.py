@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +23,8 @@ import torch
 from mer.config import ExecutionConfig, TrainConfig
 from mer.train.data import read_plan
 from mer.train.learner import Learner, choose_rows, targets_of
+
+CHECKPOINT_PREFIX = "mer_ckpt_"
 
 
 def quiet_ray_train_worker() -> None:
@@ -129,7 +133,7 @@ def _report(learner: Learner, metrics: dict, rank: int) -> None:
     if rank != 0:
         ray.train.report(metrics)
         return
-    folder = Path(tempfile.mkdtemp(prefix="mer_ckpt_"))
+    folder = checkpoint_folder()
     learner.save(folder)
     # ASYNC: the controller collects reports on its 2 s health-check tick; a
     # blocking report would add that to every sub-second epoch. Ray flushes
@@ -137,3 +141,32 @@ def _report(learner: Learner, metrics: dict, rank: int) -> None:
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
                      delete_local_checkpoint_after_upload=True)
+
+
+
+def checkpoint_folder() -> Path:
+    """A fresh local folder for one report's checkpoint, named after this process (``mer_ckpt_<pid>_*``).
+
+    Ray deletes it once uploaded; a worker killed before its upload leaves it behind, so the first folder a
+    process makes sweeps the ones whose process is gone (node-local: a node's workers share its temp dir).
+    """
+    _sweep_dead_checkpoints()
+    return Path(tempfile.mkdtemp(prefix=f"{CHECKPOINT_PREFIX}{os.getpid()}_"))
+
+
+@functools.lru_cache(maxsize=1)
+def _sweep_dead_checkpoints() -> None:
+    for old in Path(tempfile.gettempdir()).glob(f"{CHECKPOINT_PREFIX}*_*"):
+        pid = old.name[len(CHECKPOINT_PREFIX):].split("_", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
