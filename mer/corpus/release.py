@@ -35,12 +35,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mer.corpus.manifest import CHUNK_ROWS
 from mer.corpus.names import NameIndex
 from mer.errors import MerError
 
 LAYOUTS = ("mer2025", "mer2024")
 LANGUAGES = ("chinese", "english")
-CHUNK_ROWS = 20_000
 MANIFEST_COLUMNS = ["sample_id", "video", "audio", "text", "label", "split", "candidate"]
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mer.config import Job
-from mer.corpus.validate import validate_manifest
+from mer.corpus.validate import MODALITIES, validate_manifest
 from mer.errors import MerError
 from mer.runfolder import RunFolder
 
@@ -42,7 +42,7 @@ def run(job: Job, echo=print) -> dict:
     echo(result.summary_table())
     return {
         "rows": {k: int(v) for k, v in result.counts["rows"].items()},
-        "modalities": {m: int(result.counts[m].sum()) for m in ("audio", "video", "text")},
+        "modalities": {m: int(result.counts[m].sum()) for m in MODALITIES},
         "quarantined": len(result.quarantine),
         "quarantine": str(quarantine),
         "clean_manifest": str(run_dir.clean_manifest),
