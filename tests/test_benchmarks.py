@@ -26,3 +26,24 @@ def test_gpu_script_tiny_mode_writes_every_figure(tmp_path):
         assert figures["bottleneck"] in ("decode CPUs", "encoder (GPU)")
     assert result["whisper"]["clips"] == 8 and result["whisper"]["clips_per_s"] > 0
     assert result["agt_training"]["samples_per_s"] > 0
+
+
+@pytest.mark.timeout(1200)
+def test_release_scale_one_run_at_a_thousandth(tmp_path):
+    """One child of ``benchmarks/release_scale.py`` (what each of its three runs is) end to end at 1/1000 of MER2025."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "release_scale.py"), "--one", "0.001", "--seeds", "0",
+                           "--no-compare", "--work", str(tmp_path)], capture_output=True, text=True, env=env, timeout=1140)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "scale_0.001.json").read_text())
+    assert result["sizes"] == {"train": 60, "unlabeled": 125, "candidates": 50}
+    assert list(result["stages"]) == ["write store", "train", "selftrain", "evaluate", "submission"]
+    assert all(f["driver_peak_mb"] > 0 and f["tree_peak_mb"] > 0 for f in result["stages"].values())
+    assert result["submission"]["rows"] == 50 and 0 <= result["submission"]["weighted_f1"] <= 1
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import release_scale
+
+    assert "| 0.001 | submission |" in release_scale.table([result])
+    assert "1.00x over mer's stages" in release_scale.ratios(result, result)
