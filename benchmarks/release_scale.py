@@ -20,8 +20,9 @@ of this process tree (PSS of the driver, raylet, GCS and every Ray worker:
 shared pages once) and the store's size on disk. The whole thing runs three
 times, each in its own process and Ray instance: at the release's row counts,
 at one tenth of every split, and at one tenth of the pool with the whole
-labeled split (its models are as sure as the release's, so its rounds accept
-pseudo-labels too: only the pool differs). Target: the release's peaks within
+labeled split (its models train on the release's labeled rows, so its rounds
+can accept pseudo-labels where a tenth of every split's cannot: only the pool
+differs). Target: the release's peaks within
 1.3x of the small runs' (memory must not grow with the pool).
 
 Then, on the full store, the final round's 9 checkpoints predict the 124,802
@@ -148,8 +149,7 @@ def one_scale(root: Path, scale: float, epochs: int, seeds: list[int], save, com
     out = {"scale": scale, "pool_only": pool_only, "stages": {}, "sizes": _sizes(scale, pool_only)}
     sizes = out["sizes"]
     if train_only:
-        if (root / "run_train").exists():
-            shutil.rmtree(root / "run_train")
+        shutil.rmtree(root / "run_train", ignore_errors=True)
     else:
         with Peak() as peak:
             write_corpus(root, scale, pool_only=pool_only)
@@ -276,8 +276,8 @@ def main() -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     results = []
-    # the release, a tenth of every split, and a tenth of the pool with the whole labeled split (its rounds accept
-    # as many pseudo-labels per pool clip as the release's do: what grows is the pool alone)
+    # the release, a tenth of every split, and a tenth of the pool with the whole labeled split (what grows
+    # between it and the release is the pool alone)
     for scale, pool_only in ((args.scale, False), (args.scale / 10, False), (args.scale / 10, True)):
         # each in its own process and Ray instance: peaks do not carry over
         cmd = [sys.executable, __file__, "--one", str(scale), "--epochs", str(args.epochs), "--seeds", args.seeds,

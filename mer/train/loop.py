@@ -143,7 +143,6 @@ def _report(learner: Learner, metrics: dict, rank: int) -> None:
                      delete_local_checkpoint_after_upload=True)
 
 
-
 def checkpoint_folder() -> Path:
     """A fresh local folder for one report's checkpoint, named after this process (``mer_ckpt_<pid>_*``).
 

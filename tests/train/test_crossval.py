@@ -3,9 +3,9 @@
 import dataclasses
 
 import numpy as np
-import torch
 import pandas as pd
 import pytest
+import torch
 
 from mer.config import TrainConfig, job_from_dict
 from mer.train.crossval import cross_validate
