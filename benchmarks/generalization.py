@@ -11,7 +11,10 @@ train on the labeled train split only and score the test split:
 * ``linear + self-training``: the plainest semi-supervised recipe (linear,
   p > 0.9 pseudo-labels, two rounds);
 * ``quickstart final``: the full ``mer run jobs/quickstart.yaml`` (train,
-  self-training with the job's vote), unless ``--no-quickstart``.
+  self-training with the job's vote), unless ``--no-quickstart``; and
+  ``train stage (<model>)``, the model that run's train stage published
+  (``train.select: cv``: whichever of AGT and the linear floor scored higher
+  by CV on train), per seed from its ``train.json``.
 
 Prints one table per corpus: test weighted F1 mean +- std over seeds, and F1 of
 worried and sad (the classes MER-SEMI's test set is full of), plus the issue's
@@ -91,12 +94,20 @@ def linear_selftrain(data, labels, cfg, seed: int, rounds: int = 2, tau: float =
     return probs
 
 
-def quickstart(overrides: list[str], sets: list[str], work: Path, name: str) -> list[dict]:
-    """Per-seed scores of the full quickstart's final vote."""
+def per_seed(cell: dict) -> list[dict]:
+    """``{"waf": [...], "f1_sad": [...], ...}`` (a run's per-seed scores) -> one score dict per seed."""
+    return [{"waf": cell["waf"][i], **{c: cell[f"f1_{c}"][i] for c in FOCUS}} for i in range(len(cell["waf"]))]
+
+
+def quickstart(overrides: list[str], sets: list[str], work: Path, name: str) -> dict[str, list[dict]]:
+    """Per-seed scores of the full quickstart: its train stage's published model and its final vote."""
     mer("run", "jobs/quickstart.yaml", *overrides, *sets)
-    summary = json.loads((work / f"run_{name}" / "selftrain.json").read_text())
-    vote = summary["rounds"][-1]["vote_per_seed"]
-    return [{"waf": vote["waf"][i], **{c: vote[f"f1_{c}"][i] for c in FOCUS}} for i in range(len(vote["waf"]))]
+    run = work / f"run_{name}"
+    trained = json.loads((run / "train.json").read_text())
+    published = trained["published"]
+    final = json.loads((run / "selftrain.json").read_text())["rounds"][-1]["vote_per_seed"]
+    return {f"train stage ({published})": per_seed(trained["systems"][published]["test"]),
+            "quickstart final": per_seed(final)}
 
 
 def cell(values: list[float]) -> str:
@@ -139,7 +150,7 @@ def main(argv=None) -> int:
         table["linear + self-training"] = [
             scores(linear_selftrain(data, labels, job.train, s)[test].argmax(1), truth, labels) for s in args.seeds]
         if not args.no_quickstart:
-            table["quickstart final"] = quickstart(overrides, args.sets, work, name)
+            table.update(quickstart(overrides, args.sets, work, name))
         results[name] = table
         print(f"\n### {name} ({len(test)} test clips; seeds {args.seeds})\n")
         print("| system | test WAF | F1 worried | F1 sad |\n|---|---|---|---|")
@@ -151,6 +162,10 @@ def main(argv=None) -> int:
         if "agt" in mean and "linear" in mean:
             checks.append(f"agt >= linear: {'yes' if mean['agt'] >= mean['linear'] else 'no'} "
                           f"({(mean['agt'] - mean['linear']) * 100:+.2f})")
+        stage = next((k for k in mean if k.startswith("train stage")), None)
+        if stage and "linear" in mean:
+            checks.append(f"{stage} >= linear: {'yes' if mean[stage] >= mean['linear'] else 'no'} "
+                          f"({(mean[stage] - mean['linear']) * 100:+.2f})")
         if "quickstart final" in mean:
             gap = (mean["quickstart final"] - mean["linear + self-training"]) * 100
             checks.append(f"quickstart final >= linear + self-training + 3: {'yes' if gap >= 3 else 'no'} ({gap:+.2f})")

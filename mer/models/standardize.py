@@ -8,13 +8,15 @@ features too; the paper is silent. The statistics are buffers, so they travel
 in ``model.safetensors`` and prediction needs nothing else.
 
 A feature that is constant up to float noise (a log energy of silence, a
-padding value) must stay constant: its spread is floored at ``RELATIVE_FLOOR``
-times its mean (and at ``eps``). With only an absolute floor, a column equal to
-5.0 on every clip scaled to 0, while the same column moved by a relative 1e-6
-(another processor's summation order) scaled to N(0, 1) noise: on the demo
-corpus that flipped test predictions of the linear floor (max probability
-change 0.08; with the relative floor 1e-3 and no flip; docs/results.md,
-"Stability").
+padding value) scales to exactly 0, on every machine: a spread below
+``RELATIVE_FLOOR`` times its mean (or below ``eps``) gets an infinite scale.
+The same column moved by a relative 1e-6 (another processor's summation
+order) must give the same input as the unmoved one, bit for bit: with only an
+absolute floor it scaled to N(0, 1) noise and flipped test predictions of the
+linear floor; floored at 1e-4 of the mean it scaled to N(0, 0.01), and AdamW,
+which turns any non-zero gradient into a step of about ``lr``, moved that
+column's first-layer weights by 4e-3 in one epoch where the unmoved column's
+gradient was exactly 0 (docs/results.md, "Stability").
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import nn
 
 from mer.models.augment import add_noise, drop_modalities
 
-#: A feature's spread below this fraction of its mean is float noise, not signal (see the module docstring).
+#: A feature whose spread is below this fraction of its mean is constant: it scales to 0 (module docstring).
 RELATIVE_FLOOR = 1e-4
 
 
@@ -74,8 +76,8 @@ class Standardized(nn.Module):
             mean = s / n
             std = ((ss / n - mean * mean).clamp(min=0)).sqrt()
             getattr(self, f"{kind}_mean_{role}").copy_(mean.float())
-            floor = (RELATIVE_FLOOR * mean.abs()).clamp(min=eps)
-            getattr(self, f"{kind}_std_{role}").copy_(torch.maximum(std, floor).float())
+            constant = std < (RELATIVE_FLOOR * mean.abs()).clamp(min=eps)
+            getattr(self, f"{kind}_std_{role}").copy_(torch.where(constant, torch.inf, std).float())
 
     def scale(self, batch: dict) -> dict:
         """The batch with every role's features standardised; an absent modality is 0 (as modality dropout makes it)."""
