@@ -94,9 +94,9 @@ def linear_selftrain(data, labels, cfg, seed: int, rounds: int = 2, tau: float =
     return probs
 
 
-def per_seed(cell: dict) -> list[dict]:
+def per_seed(record: dict) -> list[dict]:
     """``{"waf": [...], "f1_sad": [...], ...}`` (a run's per-seed scores) -> one score dict per seed."""
-    return [{"waf": cell["waf"][i], **{c: cell[f"f1_{c}"][i] for c in FOCUS}} for i in range(len(cell["waf"]))]
+    return [{"waf": record["waf"][i], **{c: record[f"f1_{c}"][i] for c in FOCUS}} for i in range(len(record["waf"]))]
 
 
 def quickstart(overrides: list[str], sets: list[str], work: Path, name: str) -> dict[str, list[dict]]:

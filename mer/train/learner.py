@@ -234,7 +234,8 @@ class Learner:
         self.solvable = hasattr(model.model, "solve")
         if self.solvable and len(rows.stop):  # a convex model chooses no epoch: train on them too
             rows = self.rows = Rows(np.sort(np.concatenate([rows.train, rows.stop])), rows.val, rows.targets)
-        model.fit(data.batch(chunk) for chunk in _chunks(rows.train))
+        # a convex model never reads seq (most of a row's bytes): its scaler fits on vectors only
+        model.fit(data.batch(chunk, seq=not self.solvable) for chunk in _chunks(rows.train))
         self.model = model.to(device)
         self.state = {"epoch": -1, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "done": False, "history": []}
         self.best = _state_dict(self.model)
